@@ -1,0 +1,316 @@
+"""Batch norm and layer norm as pure functions with closed-form backward passes.
+
+Both are the same computation with different reduction axes:
+:func:`_normalize` standardizes ``x`` over ``reduce_axes`` with statistics from the one
+statistics path (:func:`jaxnorm.functional.masked_moments`) and applies an optional
+affine transform; its ``jax.custom_vjp`` backward pass is closed-form.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxnorm import _checks
+from jaxnorm.functional._stats import BatchStats, compute_dtype, masked_moments
+
+
+def _sum_to_shape(t: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """Sums ``t`` over the axes where ``shape`` (same rank) has size 1."""
+  axes = tuple(a for a in range(t.ndim) if shape[a] == 1 and t.shape[a] != 1)
+  return jnp.sum(t, axis=axes, keepdims=True) if axes else t
+
+
+def _constant_over(p: jax.Array | None, axes: tuple[int, ...]) -> bool:
+  return p is None or all(p.shape[a] == 1 for a in axes)
+
+
+def _standardize_affine(x, mean, rstd, scale, bias):
+  """``(x - mean) * (rstd * scale) + bias`` in the statistics' dtype."""
+  mul = rstd if scale is None else rstd * scale.astype(rstd.dtype)
+  y = (x.astype(mean.dtype) - mean) * mul
+  return y if bias is None else y + bias.astype(y.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
+def _normalize(x, scale, bias, mask, reduce_axes, epsilon, axis_name, axis_index_groups):
+  """``(y, mean, var)``: ``y = (x - mean) / sqrt(var + epsilon) * scale + bias``."""
+  (y, mean, var), _ = _normalize_fwd(
+      x, scale, bias, mask, reduce_axes, epsilon, axis_name, axis_index_groups)
+  return y, mean, var
+
+
+def _normalize_fwd(x, scale, bias, mask, reduce_axes, epsilon, axis_name, axis_index_groups):
+  mean, var, count = masked_moments(x, reduce_axes, mask, axis_name, axis_index_groups)
+  rstd = lax.rsqrt(var + epsilon)
+  y = _standardize_affine(x, mean, rstd, scale, bias).astype(x.dtype)
+  # Residuals: x itself (already alive in the caller) plus per-group vectors.
+  return (y, mean, var), (x, scale, bias, mask, mean, rstd, count)
+
+
+def _normalize_bwd(reduce_axes, epsilon, axis_name, axis_index_groups, residuals, cotangents):
+  r"""Closed-form VJP of :func:`_normalize` with respect to ``y``.
+
+  With :math:`g = \partial L/\partial y \cdot \gamma`, :math:`\hat x = (x - \mu)/\sigma`,
+  :math:`w` the mask and :math:`m = \sum w`:
+
+  .. math::
+    \frac{\partial L}{\partial x} = \frac{1}{\sigma}\Big(g
+      - \frac{w}{m}\sum g - \frac{w \hat x}{m} \sum g \hat x\Big),\quad
+    \frac{\partial L}{\partial \gamma} = \sum \frac{\partial L}{\partial y}\hat x,\quad
+    \frac{\partial L}{\partial \beta} = \sum \frac{\partial L}{\partial y}
+
+  The statistics outputs leave the public functions through ``stop_gradient``, so their
+  cotangents are zero and are not used.
+  """
+  del epsilon
+  x, scale, bias, mask, mean, rstd, count = residuals
+  dy = cotangents[0].astype(mean.dtype)
+  xhat = (x.astype(mean.dtype) - mean) * rstd
+
+  def reduce(t):
+    return jnp.sum(t, axis=reduce_axes, keepdims=True)
+
+  # When scale is constant over the reduced axes (batch norm), one pair of reductions
+  # serves dx, dscale and dbias; otherwise (layer norm) dscale and dbias reduce over the
+  # other axes.
+  g = dy if scale is None else dy * scale
+  if _constant_over(scale, reduce_axes):
+    sum_dy, dy_xhat = reduce(dy), reduce(dy * xhat)
+    sum_g, sum_g_xhat = ((sum_dy, dy_xhat) if scale is None
+                         else (sum_dy * scale, dy_xhat * scale))
+  else:
+    sum_dy, dy_xhat = None, dy * xhat
+    sum_g, sum_g_xhat = reduce(g), reduce(g * xhat)
+  if axis_name is not None:
+    sum_g, sum_g_xhat = lax.psum(
+        (sum_g, sum_g_xhat), axis_name, axis_index_groups=axis_index_groups)
+
+  inv_m = 1.0 / jnp.maximum(count, 1)
+  correction = -rstd * inv_m * (sum_g + xhat * sum_g_xhat)
+  if mask is not None:
+    correction = jnp.where(mask, correction, 0)
+  dx = (rstd * g + correction).astype(x.dtype)
+
+  dscale = None if scale is None else _sum_to_shape(dy_xhat, scale.shape).astype(
+      scale.dtype)
+  if bias is None:
+    dbias = None
+  else:
+    if sum_dy is None or not _constant_over(bias, reduce_axes):
+      sum_dy = dy  # _sum_to_shape reduces it to the bias's shape
+    dbias = _sum_to_shape(sum_dy, bias.shape).astype(bias.dtype)
+  return dx, dscale, dbias, None
+
+
+_normalize.defvjp(_normalize_fwd, _normalize_bwd)
+
+
+def _static_epsilon(epsilon: Any, fn: str) -> float:
+  value = _checks.concrete_float(epsilon)
+  if value is None:
+    raise TypeError(
+        f"{fn}: epsilon must be a Python number, not a traced value; got {epsilon!r}. "
+        "Pass it as a constant (it is part of the compiled computation).")
+  _checks.check_positive(value, name="epsilon", fn=fn,
+                         hint=" It keeps 1/sqrt(var + epsilon) finite; 1e-5 is usual.")
+  return value
+
+
+def _as_param(param, name, natural_shape, param_shape, x_shape, axis_desc, fn):
+  """Validates ``scale``/``bias`` and reshapes it to broadcast against ``x``.
+
+  Accepted: the sizes of ``x`` on the normalized/feature axes (``natural_shape``), or any
+  array of ``x.ndim`` dimensions that broadcasts to ``x``.
+  """
+  if param is None:
+    return None
+  param = _checks.ensure_floating(param, name=name, fn=fn)
+  if tuple(param.shape) == tuple(natural_shape):
+    return param.reshape(param_shape)
+  if param.ndim == len(x_shape):
+    try:
+      if jnp.broadcast_shapes(param.shape, x_shape) == tuple(x_shape):
+        return param
+    except ValueError:
+      pass
+  raise ValueError(
+      f"{fn}: {name} has shape {tuple(param.shape)} but must have shape "
+      f"{tuple(natural_shape)} (the sizes of x.shape={tuple(x_shape)} on {axis_desc}), "
+      f"or {len(x_shape)} dimensions that broadcast to x.shape.")
+
+
+def _checked_stats(stats, feature_shape, x_shape, axis_desc, fn) -> BatchStats:
+  if not (isinstance(stats, tuple) and len(stats) == 2):
+    raise TypeError(
+        f"{fn}: stats must be a jaxnorm.BatchStats(mean, var); got {type(stats).__name__}.")
+  mean, var = (jnp.asarray(s) for s in stats)
+  context = f"one value per feature of x.shape={tuple(x_shape)} on {axis_desc}"
+  _checks.check_shape(mean, feature_shape, name="stats.mean", fn=fn, context=context)
+  _checks.check_shape(var, feature_shape, name="stats.var", fn=fn, context=context)
+  return BatchStats(mean.astype(jnp.float32), var.astype(jnp.float32))
+
+
+def batch_norm(
+    x: jax.Array,
+    scale: jax.Array | None,
+    bias: jax.Array | None,
+    stats: BatchStats | None,
+    *,
+    train: bool,
+    momentum: float = 0.99,
+    epsilon: float = 1e-5,
+    axis: int | Sequence[int] = -1,
+    axis_name: Any = None,
+    axis_index_groups: Any = None,
+    mask: jax.Array | None = None,
+) -> tuple[jax.Array, BatchStats | None]:
+  r"""Batch normalization with explicit running statistics.
+
+  .. math::
+    y = \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}}\,\gamma + \beta, \qquad
+    \text{new} = m \cdot \text{old} + (1 - m) \cdot \text{batch}
+
+  In training :math:`\mu, \sigma^2` (``mean``, biased ``var``) are the batch statistics
+  over every axis except ``axis``, and the running statistics are updated with
+  momentum :math:`m` (Flax convention). In evaluation :math:`\mu, \sigma^2` are
+  ``stats`` and ``stats`` is returned unchanged. :math:`\gamma` is ``scale``,
+  :math:`\beta` is ``bias``, :math:`\epsilon` is ``epsilon``.
+
+  The backward pass is closed-form (``jax.custom_vjp``) and keeps only ``x`` and
+  per-feature vectors. It supports ``jax.grad``/``jax.vjp``, ``jax.jit``, ``jax.vmap``
+  and reverse-over-reverse (``jax.grad`` of ``jax.grad``, ``jax.jacrev`` of
+  ``jax.jacrev``); forward mode (``jax.jvp``, ``jax.jacfwd`` and therefore
+  ``jax.hessian``) raises JAX's ``TypeError`` for ``custom_vjp`` functions instead of
+  returning numbers: use ``jax.jacrev(jax.jacrev(f))`` for Hessians. The new running
+  statistics carry no gradient (``stop_gradient``).
+
+  Args:
+    x: floating-point input, e.g. ``(batch, features)`` or NHWC.
+    scale: :math:`\gamma` with the shape of the features (or ``None``).
+    bias: :math:`\beta` with the shape of the features (or ``None``).
+    stats: running :class:`BatchStats` with the shape of the features. ``None`` is
+      allowed in training only and then ``None`` is returned for the new statistics.
+    train: Python bool; use batch statistics (True) or ``stats`` (False).
+    momentum: EMA decay in [0, 1] (PyTorch's ``momentum=0.1`` is 0.9 here).
+    epsilon: positive constant added to the variance.
+    axis: feature axis or axes (kept); all other axes are reduced.
+    axis_name: mapped axis (``pmap``/``shard_map``) over which statistics are merged
+      exactly (see :func:`moments`).
+    axis_index_groups: device groups within ``axis_name``.
+    mask: boolean array broadcastable to ``x``; false positions do not contribute to
+      the statistics (their outputs are still normalized with them, as in Flax).
+
+  Returns:
+    ``(y, new_stats)``; ``y`` has ``x``'s dtype, statistics are float32.
+    Traced ``momentum`` values are not range-checked.
+
+  References:
+    Ioffe & Szegedy, "Batch Normalization: Accelerating Deep Network Training by
+    Reducing Internal Covariate Shift", ICML 2015.
+  """
+  fn = "jaxnorm.functional.batch_norm"
+  x = _checks.ensure_floating(x, name="x", fn=fn)
+  train = _checks.check_static_bool(train, name="train", fn=fn)
+  _checks.check_in_unit_interval(
+      momentum, name="momentum", fn=fn,
+      hint=" Flax convention: new = momentum * old + (1 - momentum) * batch; "
+           "PyTorch's momentum=0.1 is momentum=0.9 here.")
+  epsilon = _static_epsilon(epsilon, fn)
+  feature_axes = _checks.canonical_axes(axis, x.shape, name="axis", fn=fn)
+  reduce_axes = tuple(a for a in range(x.ndim) if a not in feature_axes)
+  feature_shape = tuple(x.shape[a] for a in feature_axes)
+  param_shape = tuple(x.shape[a] if a in feature_axes else 1 for a in range(x.ndim))
+  axis_desc = f"axis={axis!r}"
+  scale = _as_param(scale, "scale", feature_shape, param_shape, x.shape, axis_desc, fn)
+  bias = _as_param(bias, "bias", feature_shape, param_shape, x.shape, axis_desc, fn)
+  mask = _checks.check_mask(mask, x.shape, fn=fn)
+  if stats is not None:
+    stats = _checked_stats(stats, feature_shape, x.shape, axis_desc, fn)
+
+  if not train:
+    if stats is None:
+      raise ValueError(f"{fn}: stats is None but train=False needs running statistics; "
+                       "pass the BatchStats from training, or train=True.")
+    rstd = lax.rsqrt(stats.var.reshape(param_shape) + epsilon)
+    mean = stats.mean.reshape(param_shape).astype(compute_dtype(x.dtype))
+    y = _standardize_affine(x, mean, rstd.astype(mean.dtype), scale, bias)
+    return y.astype(x.dtype), stats
+
+  values_per_feature = math.prod(x.shape[a] for a in reduce_axes)
+  if values_per_feature <= 1 and axis_name is None and mask is None:
+    raise ValueError(
+        f"{fn}: training needs more than one value per feature to compute a batch "
+        f"variance; x.shape={tuple(x.shape)} with axis={axis!r} gives "
+        f"{values_per_feature} value per feature. Use train=False (running statistics) "
+        "or a batch with more than one example.")
+  y, batch_mean, batch_var = _normalize(
+      x, scale, bias, mask, reduce_axes, epsilon, axis_name, axis_index_groups)
+  if stats is None:
+    return y, None
+  batch_mean = lax.stop_gradient(batch_mean).reshape(feature_shape).astype(jnp.float32)
+  batch_var = lax.stop_gradient(batch_var).reshape(feature_shape).astype(jnp.float32)
+  new_stats = BatchStats(
+      mean=momentum * stats.mean + (1 - momentum) * batch_mean,
+      var=momentum * stats.var + (1 - momentum) * batch_var)
+  return y, new_stats
+
+
+def layer_norm(
+    x: jax.Array,
+    scale: jax.Array | None,
+    bias: jax.Array | None,
+    *,
+    axis: int | Sequence[int] = -1,
+    epsilon: float = 1e-6,
+    mask: jax.Array | None = None,
+    axis_name: Any = None,
+    axis_index_groups: Any = None,
+) -> jax.Array:
+  r"""Layer normalization over ``axis``.
+
+  .. math::
+    y = \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}}\,\gamma + \beta
+
+  with :math:`\mu, \sigma^2` the mean and biased variance of each example over the
+  normalized axes ``axis``, :math:`\gamma` = ``scale``, :math:`\beta` = ``bias``,
+  :math:`\epsilon` = ``epsilon``. Closed-form backward pass as in :func:`batch_norm`
+  (same support for transforms).
+
+  Args:
+    x: floating-point input.
+    scale: :math:`\gamma` with the sizes of ``x`` on ``axis`` (or ``x.ndim``
+      dimensions broadcasting to ``x``), or ``None``.
+    bias: :math:`\beta`, same shapes as ``scale``, or ``None``.
+    axis: normalized axis or axes.
+    epsilon: positive constant added to the variance.
+    mask: boolean array broadcastable to ``x``; false elements do not contribute to
+      the statistics of their example.
+    axis_name: mapped axis over which the normalized axes are sharded (statistics are
+      merged exactly across it).
+    axis_index_groups: device groups within ``axis_name``.
+
+  Returns:
+    ``y`` with ``x``'s dtype.
+
+  References:
+    Ba, Kiros & Hinton, "Layer Normalization", 2016.
+  """
+  fn = "jaxnorm.functional.layer_norm"
+  x = _checks.ensure_floating(x, name="x", fn=fn)
+  epsilon = _static_epsilon(epsilon, fn)
+  axes = _checks.canonical_axes(axis, x.shape, name="axis", fn=fn)
+  normalized_shape = tuple(x.shape[a] for a in axes)
+  param_shape = tuple(x.shape[a] if a in axes else 1 for a in range(x.ndim))
+  axis_desc = f"axis={axis!r}"
+  scale = _as_param(scale, "scale", normalized_shape, param_shape, x.shape, axis_desc, fn)
+  bias = _as_param(bias, "bias", normalized_shape, param_shape, x.shape, axis_desc, fn)
+  mask = _checks.check_mask(mask, x.shape, fn=fn)
+  y, _, _ = _normalize(x, scale, bias, mask, axes, epsilon, axis_name, axis_index_groups)
+  return y
