@@ -27,6 +27,26 @@ def _sum_to_shape(t: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   return jnp.sum(t, axis=axes, keepdims=True) if axes else t
 
 
+def _varying_axes(t) -> frozenset:
+  """Mapped axes (``shard_map``) along which ``t`` differs between devices."""
+  aval = jax.typeof(t)
+  manual = getattr(aval, "manual_axis_type", None)  # JAX >= 0.9; older JAX: aval.vma
+  return frozenset(manual.varying if manual is not None else getattr(aval, "vma", ()))
+
+
+def _cotangent_like(ct: jax.Array, primal: jax.Array) -> jax.Array:
+  """Casts a cotangent to its primal's dtype and device-variance.
+
+  A parameter replicated across a ``shard_map`` axis but used with per-device data gets
+  a per-device cotangent; as in autodiff (the transpose of the implicit broadcast is a
+  ``psum``), those are summed over the axes the primal does not vary along.
+  """
+  extra = _varying_axes(ct) - _varying_axes(primal)
+  if extra:
+    ct = lax.psum(ct, tuple(sorted(extra)))
+  return ct.astype(primal.dtype)
+
+
 def _constant_over(p: jax.Array | None, axes: tuple[int, ...]) -> bool:
   return p is None or all(p.shape[a] == 1 for a in axes)
 
@@ -98,15 +118,15 @@ def _normalize_bwd(reduce_axes, epsilon, axis_name, axis_index_groups, residuals
     correction = jnp.where(mask, correction, 0)
   dx = (rstd * g + correction).astype(x.dtype)
 
-  dscale = None if scale is None else _sum_to_shape(dy_xhat, scale.shape).astype(
-      scale.dtype)
+  dscale = None if scale is None else _cotangent_like(
+      _sum_to_shape(dy_xhat, scale.shape), scale)
   if bias is None:
     dbias = None
   else:
     if sum_dy is None or not _constant_over(bias, reduce_axes):
       sum_dy = dy  # _sum_to_shape reduces it to the bias's shape
-    dbias = _sum_to_shape(sum_dy, bias.shape).astype(bias.dtype)
-  return dx, dscale, dbias, None
+    dbias = _cotangent_like(_sum_to_shape(sum_dy, bias.shape), bias)
+  return _cotangent_like(dx, x), dscale, dbias, None
 
 
 _normalize.defvjp(_normalize_fwd, _normalize_bwd)
