@@ -1,0 +1,209 @@
+"""Float64 NumPy references and comparison helpers for the functional tests.
+
+Everything is exposed through the session-scoped fixture ``ref`` (session scope so that
+hypothesis tests may use it without the function-scoped-fixture health check). The
+references are written independently of jaxnorm: plain NumPy in float64, two-pass
+variance over the valid elements only.
+
+JAX outputs are always converted with ``np.asarray(out, np.float64)`` before any
+arithmetic with the references, so no float64 value is silently cast to float32.
+"""
+
+from __future__ import annotations
+
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+# Tolerances used throughout the functional tests (stated once, here).
+FLOAT32_TOL = 1e-5  # forward values in float32, relative to max(1, |reference|)
+GRAD_TOL = 1e-4  # gradients in float32, relative to max(1, max |reference|)
+BF16_TOL = 2e-2  # bfloat16 / float16 outputs, relative to max(1, |reference|)
+SHIFTED_VAR_TOL = 1e-3  # absolute variance error on mean-1e4, std-1 float32 data
+
+
+def to64(a):
+  """Any array (JAX, NumPy, bfloat16) as a float64 NumPy array."""
+  return np.asarray(np.asarray(a, np.float32) if _is_low_precision(a) else a, np.float64)
+
+
+def _is_low_precision(a):
+  dtype = getattr(a, "dtype", None)
+  return dtype is not None and dtype in (jnp.bfloat16, np.dtype(jnp.bfloat16))
+
+
+def canonical_axes(axes, ndim):
+  axes = (axes,) if isinstance(axes, (int, np.integer)) else tuple(axes)
+  return tuple(sorted(int(a) % ndim for a in axes))
+
+
+def broadcast_mask(mask, shape):
+  if mask is None:
+    return np.ones(shape, bool)
+  return np.broadcast_to(np.asarray(mask).astype(bool), shape)
+
+
+def ref_moments(x, axes, mask=None, keepdims=False):
+  """Mean and biased variance over ``axes`` of the valid elements, in float64.
+
+  Two-pass: the mean first, then the mean of squared deviations. Groups without a
+  valid element get mean 0 and variance 0. Invalid elements never enter any
+  arithmetic (``np.where`` selects before multiplying), so NaN/inf there is harmless.
+  """
+  x = to64(x)
+  axes = canonical_axes(axes, x.ndim)
+  m = broadcast_mask(mask, x.shape)
+  count = m.sum(axis=axes, keepdims=True).astype(np.float64)
+  safe = np.maximum(count, 1.0)
+  mean = np.where(m, x, 0.0).sum(axis=axes, keepdims=True) / safe
+  dev = np.where(m, x - np.where(m, mean, 0.0), 0.0)
+  var = (dev * dev).sum(axis=axes, keepdims=True) / safe
+  if not keepdims:
+    mean, var = np.squeeze(mean, axes), np.squeeze(var, axes)
+  return mean, var
+
+
+def ref_normalize(x, scale, bias, reduce_axes, epsilon, mask=None):
+  """``(x - mean) / sqrt(var + eps) * scale + bias`` with float64 valid-element stats.
+
+  ``scale``/``bias`` must already broadcast against ``x``.
+  """
+  x = to64(x)
+  mean, var = ref_moments(x, reduce_axes, mask, keepdims=True)
+  y = (x - mean) / np.sqrt(var + epsilon)
+  if scale is not None:
+    y = y * to64(scale)
+  if bias is not None:
+    y = y + to64(bias)
+  return y, mean, var
+
+
+def param_shape(x_shape, kept_axes):
+  kept = canonical_axes(kept_axes, len(x_shape))
+  return tuple(d if a in kept else 1 for a, d in enumerate(x_shape))
+
+
+def ref_batch_norm(x, scale, bias, stats, *, train, momentum=0.99, epsilon=1e-5,
+                   axis=-1, mask=None):
+  """Float64 batch norm; returns ``(y, (new_mean, new_var))`` (stats may be None)."""
+  x = to64(x)
+  feature_axes = canonical_axes(axis, x.ndim)
+  reduce_axes = tuple(a for a in range(x.ndim) if a not in feature_axes)
+  pshape = param_shape(x.shape, feature_axes)
+  fshape = tuple(x.shape[a] for a in feature_axes)
+  s = None if scale is None else to64(scale).reshape(pshape)
+  b = None if bias is None else to64(bias).reshape(pshape)
+  if not train:
+    mean = to64(stats[0]).reshape(pshape)
+    var = to64(stats[1]).reshape(pshape)
+    y = (x - mean) / np.sqrt(var + epsilon)
+    y = y if s is None else y * s
+    y = y if b is None else y + b
+    return y, (to64(stats[0]), to64(stats[1]))
+  y, mean, var = ref_normalize(x, s, b, reduce_axes, epsilon, mask)
+  if stats is None:
+    return y, None
+  new_mean = momentum * to64(stats[0]) + (1 - momentum) * mean.reshape(fshape)
+  new_var = momentum * to64(stats[1]) + (1 - momentum) * var.reshape(fshape)
+  return y, (new_mean, new_var)
+
+
+def ref_layer_norm(x, scale, bias, *, axis=-1, epsilon=1e-6, mask=None):
+  """Float64 layer norm; ``scale``/``bias`` of the normalized shape or full rank."""
+  x = to64(x)
+  axes = canonical_axes(axis, x.ndim)
+  pshape = param_shape(x.shape, axes)
+  normalized_shape = tuple(x.shape[a] for a in axes)
+
+  def as_param(p):
+    if p is None:
+      return None
+    p = to64(p)
+    return p.reshape(pshape) if p.shape == normalized_shape else p
+
+  y, _, _ = ref_normalize(x, as_param(scale), as_param(bias), axes, epsilon, mask)
+  return y
+
+
+def max_scaled_error(actual, expected):
+  """``max |actual - expected| / max(1, max |expected|)`` in float64."""
+  actual, expected = to64(actual), to64(expected)
+  scale = max(1.0, float(np.max(np.abs(expected)))) if expected.size else 1.0
+  return float(np.max(np.abs(actual - expected))) / scale if expected.size else 0.0
+
+
+def assert_close(actual, expected, tol, *, what=""):
+  """Asserts ``|actual - expected| <= tol * (max(1, max|expected|) + |expected|)``.
+
+  Both are converted to float64 NumPy first. Shapes must match exactly and both must be
+  finite where expected is finite.
+  """
+  actual, expected = to64(actual), to64(expected)
+  assert actual.shape == expected.shape, (what, actual.shape, expected.shape)
+  assert np.all(np.isfinite(actual) == np.isfinite(expected)), (what, actual, expected)
+  scale = max(1.0, float(np.max(np.abs(expected)))) if expected.size else 1.0
+  np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * scale,
+                             err_msg=f"{what} (tol={tol}, scale={scale})")
+
+
+def grad64(fn, args, argnums=0):
+  """``jax.grad(fn, argnums)(*args)`` evaluated in float64 (x64 enabled locally).
+
+  Floating-point arguments are converted to float64 JAX arrays; boolean or None
+  arguments pass through. Returns NumPy float64 array(s).
+  """
+  with jax.enable_x64(True):
+    args64 = tuple(_as_jax64(a) for a in args)
+    out = jax.grad(fn, argnums=argnums)(*args64)
+    return jax.tree.map(lambda g: np.asarray(g, np.float64), out)
+
+
+def hessian64(fn, args, argnums=0):
+  """``jax.hessian(fn, argnums)(*args)`` in float64, as NumPy."""
+  with jax.enable_x64(True):
+    args64 = tuple(_as_jax64(a) for a in args)
+    out = jax.hessian(fn, argnums=argnums)(*args64)
+    return jax.tree.map(lambda g: np.asarray(g, np.float64), out)
+
+
+def call64(fn, args):
+  """``fn(*args)`` in float64 (x64 enabled locally), outputs as NumPy float64."""
+  with jax.enable_x64(True):
+    args64 = tuple(_as_jax64(a) for a in args)
+    return jax.tree.map(lambda g: np.asarray(g, np.float64), fn(*args64))
+
+
+def _as_jax64(a):
+  if a is None or isinstance(a, (bool, int, float, tuple)):
+    return a
+  arr = np.asarray(a) if not _is_low_precision(a) else np.asarray(a, np.float32)
+  if arr.dtype == np.bool_ or np.issubdtype(arr.dtype, np.integer):
+    return jnp.asarray(arr)
+  return jnp.asarray(arr.astype(np.float64))
+
+
+@pytest.fixture(scope="session")
+def ref():
+  """The float64 references and comparison helpers, as one namespace."""
+  return types.SimpleNamespace(
+      FLOAT32_TOL=FLOAT32_TOL,
+      GRAD_TOL=GRAD_TOL,
+      BF16_TOL=BF16_TOL,
+      SHIFTED_VAR_TOL=SHIFTED_VAR_TOL,
+      to64=to64,
+      canonical_axes=canonical_axes,
+      broadcast_mask=broadcast_mask,
+      param_shape=param_shape,
+      moments=ref_moments,
+      normalize=ref_normalize,
+      batch_norm=ref_batch_norm,
+      layer_norm=ref_layer_norm,
+      assert_close=assert_close,
+      max_scaled_error=max_scaled_error,
+      grad64=grad64,
+      hessian64=hessian64,
+      call64=call64,
+  )
