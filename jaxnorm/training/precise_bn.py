@@ -121,7 +121,7 @@ def precise_batch_stats(
   def batch_moments(variables, x):
     with nn.intercept_methods(_record_batch_norm_inputs):
       _, sown = apply_fn(variables, x, mutable=[_COLLECTION], **eval_kwargs)
-    return sown[_COLLECTION]
+    return sown.get(_COLLECTION, {})
 
   batch_stats = unfreeze(variables["batch_stats"])
 
