@@ -150,14 +150,14 @@ def assert_close(actual, expected, tol, *, what=""):
 
 
 def grad64(fn, args, argnums=0):
-  """``jax.grad(fn, argnums)(*args)`` evaluated in float64 (x64 enabled locally).
+  """``jax.jit(jax.grad(fn, argnums))(*args)`` in float64 (x64 enabled locally).
 
   Floating-point arguments are converted to float64 JAX arrays; boolean or None
   arguments pass through. Returns NumPy float64 array(s).
   """
   with jax.enable_x64(True):
     args64 = tuple(_as_jax64(a) for a in args)
-    out = jax.grad(fn, argnums=argnums)(*args64)
+    out = jax.jit(jax.grad(fn, argnums=argnums))(*args64)
     return jax.tree.map(lambda g: np.asarray(g, np.float64), out)
 
 
@@ -165,7 +165,7 @@ def hessian64(fn, args, argnums=0):
   """``jax.hessian(fn, argnums)(*args)`` in float64, as NumPy."""
   with jax.enable_x64(True):
     args64 = tuple(_as_jax64(a) for a in args)
-    out = jax.hessian(fn, argnums=argnums)(*args64)
+    out = jax.jit(jax.hessian(fn, argnums=argnums))(*args64)
     return jax.tree.map(lambda g: np.asarray(g, np.float64), out)
 
 
@@ -173,7 +173,7 @@ def call64(fn, args):
   """``fn(*args)`` in float64 (x64 enabled locally), outputs as NumPy float64."""
   with jax.enable_x64(True):
     args64 = tuple(_as_jax64(a) for a in args)
-    return jax.tree.map(lambda g: np.asarray(g, np.float64), fn(*args64))
+    return jax.tree.map(lambda g: np.asarray(g, np.float64), jax.jit(fn)(*args64))
 
 
 def _as_jax64(a):

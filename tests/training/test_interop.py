@@ -109,7 +109,7 @@ def test_against_torch_batchnorm(batches):
   # ... and the inference export of jaxnorm's state makes torch evaluate like jaxnorm.
   exported = training.batch_norm_to_torch(stats, num_batches_tracked=7, scale=params["scale"],
                                           bias=params["bias"])
-  layer.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in exported.items()})
+  layer.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in exported.items()})
   want, _ = F.batch_norm(jnp.asarray(x), jnp.asarray(params["scale"]),
                          jnp.asarray(params["bias"]), stats, train=False)
   np.testing.assert_allclose(layer(torch.from_numpy(x)).detach().numpy(), np.asarray(want),
