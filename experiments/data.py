@@ -19,6 +19,7 @@ import dataclasses
 import gzip
 import os
 import struct
+import zlib
 
 import numpy as np
 
@@ -86,17 +87,27 @@ FASHION_PIXELS = 784
 
 
 def read_fashion_csv(path: str) -> tuple[np.ndarray, np.ndarray]:
-  """Reads ``label, pixel1 .. pixel784`` rows; pixels scaled to [0, 1]."""
+  """Reads ``label, pixel1 .. pixel784`` rows; pixels scaled to [0, 1].
+
+  The first non-blank line is a header when none of its cells is a number.
+  """
   path = _require_file(path, "fashion-csv")
-  with open(path, encoding="utf-8") as handle:
-    first = handle.readline()
-  if not first.strip():
+  if not os.path.isfile(path):
+    raise DataError(f"{path}: is a directory; --data fashion-csv needs the CSV file.")
+  try:
+    with open(path, encoding="utf-8") as handle:
+      first_index, first = next(
+          ((i, line) for i, line in enumerate(handle) if line.strip()), (0, None))
+  except UnicodeDecodeError as error:
+    raise DataError(f"{path}: not a text CSV file ({error}); a gzipped CSV must be "
+                    "decompressed first.") from error
+  if first is None:
     raise DataError(f"{path}: the file is empty; expected rows of 1 label + "
                     f"{FASHION_PIXELS} pixel values.")
-  has_header = any(not _is_number(token) for token in first.strip().split(","))
+  has_header = not any(_is_number(token) for token in first.strip().split(","))
   try:
-    table = np.loadtxt(path, delimiter=",", skiprows=int(has_header), dtype=np.float64,
-                       ndmin=2)
+    table = np.loadtxt(path, delimiter=",", skiprows=first_index + 1 if has_header else 0,
+                       dtype=np.float64, ndmin=2, encoding="utf-8")
   except ValueError as error:
     raise DataError(f"{path}: not a numeric CSV of 1 label + {FASHION_PIXELS} pixel "
                     f"columns ({error}).") from error
@@ -106,14 +117,17 @@ def read_fashion_csv(path: str) -> tuple[np.ndarray, np.ndarray]:
     raise DataError(f"{path}: rows have {table.shape[1]} columns; expected "
                     f"{1 + FASHION_PIXELS} (label + {FASHION_PIXELS} pixels).")
   labels = table[:, 0]
-  if np.any(labels != np.round(labels)) or labels.min() < 0 or labels.max() > 9:
-    bad = int(np.argmax((labels != np.round(labels)) | (labels < 0) | (labels > 9)))
+  bad_labels = ~np.isfinite(labels) | (labels != np.round(labels)) | (labels < 0) | (
+      labels > 9)
+  if bad_labels.any():
+    bad = int(np.argmax(bad_labels))
     raise DataError(f"{path}: data row {bad + 1} has label {labels[bad]!r}; labels must "
                     "be integers 0-9.")
   pixels = table[:, 1:]
-  if pixels.min() < 0 or pixels.max() > 255:
-    row = int(np.argmax((pixels < 0).any(1) | (pixels > 255).any(1)))
-    raise DataError(f"{path}: data row {row + 1} has pixel values outside [0, 255].")
+  bad_pixels = (~np.isfinite(pixels) | (pixels < 0) | (pixels > 255)).any(1)
+  if bad_pixels.any():
+    raise DataError(f"{path}: data row {int(np.argmax(bad_pixels)) + 1} has pixel values "
+                    "outside [0, 255] (or not finite).")
   return (pixels / 255.0).astype(np.float32), labels.astype(np.int32)
 
 
@@ -137,8 +151,8 @@ def read_idx(path: str) -> np.ndarray:
       raw = handle.read()
   except FileNotFoundError as error:
     raise DataError(f"{path}: file not found.") from error
-  except OSError as error:
-    raise DataError(f"{path}: cannot be read ({error}).") from error
+  except (OSError, EOFError, zlib.error) as error:  # includes gzip.BadGzipFile
+    raise DataError(f"{path}: cannot be read ({type(error).__name__}: {error}).") from error
   if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
     raise DataError(f"{path}: not an IDX file (bad magic number {raw[:4].hex()!r}; "
                     "expected 0000 + type code + number of dimensions).")
@@ -180,6 +194,8 @@ def load_idx_arrays(path: str | None) -> tuple[np.ndarray, np.ndarray]:
   images, labels = read_idx(images_path), read_idx(labels_path)
   if labels.ndim != 1:
     raise DataError(f"{labels_path}: labels must be 1-D; got shape {labels.shape}.")
+  if images.ndim == 0 or images.shape[0] == 0:
+    raise DataError(f"{images_path}: holds no examples (shape {images.shape}).")
   if images.shape[0] != labels.shape[0]:
     raise DataError(f"{images_path} has {images.shape[0]} images but {labels_path} has "
                     f"{labels.shape[0]} labels.")

@@ -82,15 +82,17 @@ def run(args) -> dict:
   table = runner.markdown_table(
       ["variant", "parameters", "test accuracy", "test loss", "final train loss",
        "s / run"], rows)
-  title = (f"{NAME} on {args.data}: {epochs} epochs, SGD lr {learning_rate}, batch "
-           f"{batch_size}, mean ± std over {seeds} seed{'s' * (seeds > 1)}")
+  setting = (f"{NAME} on {args.data}: {epochs} epochs, SGD lr {learning_rate}, batch "
+             f"{batch_size}, {seeds} seed{'s' * (seeds > 1)}")
+  title = f"{setting} (mean ± sample std)"
+  plot_title = f"{setting} (mean; band: min to max)"
 
   out_dir = os.path.join(args.out, NAME)
   os.makedirs(out_dir, exist_ok=True)
   plots = [runner.plot_curves(os.path.join(out_dir, "loss_curves.png"), results,
-                              ["train_loss", "test_loss"], title),
+                              ["train_loss", "test_loss"], plot_title),
            runner.plot_curves(os.path.join(out_dir, "accuracy_curves.png"), results,
-                              ["train_accuracy", "test_accuracy"], title)]
+                              ["train_accuracy", "test_accuracy"], plot_title)]
   payload = {
       "experiment": NAME, "data": data.describe(), "epochs": epochs, "seeds": seeds,
       "batch_size": batch_size, "learning_rate": learning_rate, "quick": args.quick,

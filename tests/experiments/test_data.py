@@ -204,9 +204,6 @@ def test_fashion_csv_pixel_out_of_range(tmp_path, pixel):
   _assert_data_error(excinfo, path, "row 2", "[0, 255]")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a 'nan' pixel passes the [0, 255] range check "
-                   "(NaN comparisons are False), so NaN features reach training.",
-                   raises=pytest.fail.Exception)
 def test_fashion_csv_nan_pixel_rejected(tmp_path):
   lines = _rows_as_text(_fashion_table(4))
   lines[1] = lines[1].rsplit(",", 1)[0] + ",nan"
@@ -230,9 +227,6 @@ def test_fashion_csv_non_numeric_cell(tmp_path, cell):
     _assert_data_error(excinfo, repr(cell).strip("'"))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: without a header, a first data row with one "
-                   "non-numeric cell is taken for a header and silently dropped.",
-                   raises=pytest.fail.Exception)
 def test_fashion_csv_headerless_bad_first_row_is_not_dropped(tmp_path):
   lines = _rows_as_text(_fashion_table(4))
   parts = lines[0].split(",")
@@ -244,18 +238,12 @@ def test_fashion_csv_headerless_bad_first_row_is_not_dropped(tmp_path):
   _assert_data_error(excinfo, path)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a directory given as the fashion-csv path "
-                   "raises IsADirectoryError instead of DataError (CLI shows a traceback).",
-                   raises=IsADirectoryError)
 def test_fashion_csv_directory_path(tmp_path):
   with pytest.raises(DataError) as excinfo:
     data_lib.read_fashion_csv(str(tmp_path))
   _assert_data_error(excinfo, str(tmp_path))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a non-UTF-8 file (e.g. a gzipped CSV) raises "
-                   "UnicodeDecodeError instead of DataError (CLI shows a traceback).",
-                   raises=UnicodeDecodeError)
 def test_fashion_csv_binary_file(tmp_path):
   path = tmp_path / "fashion.csv.gz"
   path.write_bytes(gzip.compress(b"label,pixel1\n1,2\n"))
@@ -391,9 +379,6 @@ def test_read_idx_truncated_header(tmp_path):
   _assert_data_error(excinfo, str(path), "truncated header")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a truncated .gz IDX file raises EOFError (and a "
-                   "corrupt one zlib.error), not DataError: read_idx only catches OSError.",
-                   raises=EOFError)
 def test_read_idx_truncated_gzip(tmp_path):
   images, _ = _images_labels(3)
   compressed = gzip.compress(_idx_bytes(images))
@@ -480,9 +465,6 @@ def test_load_idx_labels_not_one_dimensional(tmp_path):
   _assert_data_error(excinfo, label_path, "1-D", "(4, 1)")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: IDX files with zero examples fail with a bare "
-                   "ValueError from reshape, not DataError naming the file.",
-                   raises=ValueError)
 def test_load_idx_zero_examples(tmp_path):
   image_path = _write_idx(tmp_path / "imgs", np.zeros((0, 4, 4), np.uint8))
   label_path = _write_idx(tmp_path / "lbls", np.zeros((0,), np.uint8))
