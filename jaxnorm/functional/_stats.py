@@ -34,31 +34,58 @@ def compute_dtype(dtype: Any) -> jnp.dtype:
   return jnp.promote_types(dtype, jnp.float32)
 
 
-def _reference_point(x: jax.Array, axes: tuple[int, ...], mask: jax.Array | None):
-  """A value of ``x`` per reduction group, used as the shift of the one-pass variance.
+_SUBSAMPLE_SIZE = 64
 
-  Returns ``x`` at the first valid position along ``axes`` (kept as size-1 axes), or 0
-  for groups with no valid element. Any sample of the group is within a few standard
-  deviations of its mean, so ``sum((x - k)^2) - sum(x - k)^2 / n`` does not cancel
-  catastrophically even when ``|mean| >> std``.
-  """
-  if mask is None:
-    return x[tuple(slice(0, 1) if a in axes else slice(None) for a in range(x.ndim))]
+
+def _subsample_slices(shape, axes) -> tuple[slice, ...]:
+  """Strided slices picking about ``_SUBSAMPLE_SIZE`` positions spread over ``axes``."""
+  slices = [slice(None)] * len(shape)
+  budget = _SUBSAMPLE_SIZE
+  for a in sorted(axes, key=lambda a: -shape[a]):
+    take = max(1, min(shape[a], budget))
+    slices[a] = slice(0, shape[a], -(-shape[a] // take))
+    budget = max(1, budget // take)
+  return tuple(slices)
+
+
+def _first_valid(x: jax.Array, axes: tuple[int, ...], mask: jax.Array) -> jax.Array:
+  """``x`` at the first valid position along ``axes`` (kept as size 1), 0 if none."""
   varying = tuple(a for a in axes if mask.shape[a] > 1)
   x0 = x[tuple(slice(0, 1) if a in axes and a not in varying else slice(None)
                for a in range(x.ndim))]
   if not varying:
     return jnp.where(mask, x0, 0)
-  # Flatten the reduced axes on which the mask varies and find the first valid entry.
   kept_shape = tuple(1 if a in varying else mask.shape[a] for a in range(mask.ndim))
   flat = jnp.moveaxis(mask, varying, tuple(range(len(varying))))
   flat = flat.reshape((-1,) + flat.shape[len(varying):])
-  first = jnp.argmax(flat, axis=0)
   valid = jnp.any(flat, axis=0).reshape(kept_shape)
-  positions = jnp.unravel_index(first, tuple(mask.shape[a] for a in varying))
+  positions = jnp.unravel_index(jnp.argmax(flat, axis=0),
+                                tuple(mask.shape[a] for a in varying))
   for a, position in zip(varying, positions):
     x0 = jnp.take_along_axis(x0, position.reshape(kept_shape), axis=a)
   return jnp.where(valid, x0, 0)
+
+
+def _reference_point(x: jax.Array, axes: tuple[int, ...], mask: jax.Array | None):
+  """A cheap estimate of each group's mean: the shift of the one-pass variance.
+
+  The mean of a strided subsample of about 64 valid values per group (kept as size-1
+  axes); where the subsample holds no valid value, the first valid value; 0 for a
+  group with none. With shift ``k``, ``sum((x-k)^2) - sum(x-k)^2 / n`` loses about
+  ``eps * (mean - k)^2 / var`` relative precision, so ``k`` must be within a few
+  standard deviations of the mean: a subsample mean is, even with an outlier in it.
+  """
+  dtype = compute_dtype(x.dtype)
+  slices = _subsample_slices(x.shape, axes)
+  sample = x[slices].astype(dtype)
+  if mask is None:
+    return jnp.mean(sample, axis=axes, keepdims=True)
+  sample_mask = jnp.broadcast_to(mask, tuple(
+      x.shape[a] if a in axes else mask.shape[a] for a in range(x.ndim)))[slices]
+  count = jnp.sum(sample_mask, axis=axes, keepdims=True, dtype=dtype)
+  total = jnp.sum(jnp.where(sample_mask, sample, 0), axis=axes, keepdims=True)
+  return jnp.where(count > 0, total / jnp.maximum(count, 1),
+                   _first_valid(x, axes, mask).astype(dtype))
 
 
 def _valid_count(x_shape, axes, mask, dtype) -> jax.Array:
@@ -87,14 +114,35 @@ def _merge_across_devices(count, mean, m2, axis_name, axis_index_groups):
   return total, global_mean, global_m2
 
 
+class Moments(NamedTuple):
+  """Statistics with kept dims: ``mean = shift + delta`` (kept apart for precision).
+
+  ``x - mean`` is computed as ``(x - shift) - delta``: ``shift`` is close to ``x`` and
+  ``delta`` is small, so no rounding of a large mean enters the normalized values.
+  """
+
+  shift: jax.Array
+  delta: jax.Array
+  var: jax.Array
+  count: jax.Array
+
+  @property
+  def mean(self) -> jax.Array:
+    return self.shift + self.delta
+
+  def centre(self, x: jax.Array) -> jax.Array:
+    """``x - mean`` in the statistics' dtype."""
+    return (x.astype(self.delta.dtype) - self.shift) - self.delta
+
+
 def masked_moments(
     x: jax.Array,
     axes: tuple[int, ...],
     mask: jax.Array | None,
     axis_name: Any = None,
     axis_index_groups: Any = None,
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Core of :func:`moments` on validated input: ``(mean, var, count)`` with kept dims.
+) -> Moments:
+  """Core of :func:`moments` on validated input, with kept dims.
 
   One pass over ``x`` with a per-group shift ``k`` (see :func:`_reference_point`):
   ``mean = k + S1 / n`` and ``M2 = S2 - S1^2 / n`` with ``S1 = sum(x - k)``,
@@ -102,7 +150,7 @@ def masked_moments(
   least float32; groups with no valid element give mean 0 and variance 0.
   """
   dtype = compute_dtype(x.dtype)
-  shift = lax.stop_gradient(_reference_point(x, axes, mask)).astype(dtype)
+  shift = lax.stop_gradient(_reference_point(x, axes, mask))
   centred = x.astype(dtype) - shift
   if mask is not None:
     centred = jnp.where(mask, centred, 0)
@@ -110,12 +158,13 @@ def masked_moments(
   s1 = jnp.sum(centred, axis=axes, keepdims=True)
   s2 = jnp.sum(jnp.square(centred), axis=axes, keepdims=True)
   delta = s1 / jnp.maximum(count, 1)
-  mean = shift + delta
   m2 = jnp.maximum(s2 - s1 * delta, 0)
   if axis_name is not None:
-    count, mean, m2 = _merge_across_devices(count, mean, m2, axis_name, axis_index_groups)
-  var = m2 / jnp.maximum(count, 1)
-  return mean, var, count
+    count, mean, m2 = _merge_across_devices(count, shift + delta, m2, axis_name,
+                                            axis_index_groups)
+    shift, delta = mean, jnp.zeros_like(mean)
+  count = jnp.broadcast_to(count, delta.shape)
+  return Moments(shift, delta, m2 / jnp.maximum(count, 1), count)
 
 
 def moments(
@@ -160,7 +209,8 @@ def moments(
   x = _checks.ensure_floating(x, name="x", fn=fn)
   axes = _checks.canonical_axes(axes, x.shape, name="axes", fn=fn)
   mask = _checks.check_mask(mask, x.shape, fn=fn)
-  mean, var, _ = masked_moments(x, axes, mask, axis_name, axis_index_groups)
+  stats = masked_moments(x, axes, mask, axis_name, axis_index_groups)
+  mean, var = stats.mean, stats.var
   if not keepdims:
     mean, var = jnp.squeeze(mean, axes), jnp.squeeze(var, axes)
   return mean, var

@@ -51,27 +51,28 @@ def _constant_over(p: jax.Array | None, axes: tuple[int, ...]) -> bool:
   return p is None or all(p.shape[a] == 1 for a in axes)
 
 
-def _standardize_affine(x, mean, rstd, scale, bias):
-  """``(x - mean) * (rstd * scale) + bias`` in the statistics' dtype."""
+def _standardize_affine(centred, rstd, scale, bias):
+  """``centred * (rstd * scale) + bias``, with ``centred = x - mean``."""
   mul = rstd if scale is None else rstd * scale.astype(rstd.dtype)
-  y = (x.astype(mean.dtype) - mean) * mul
+  y = centred * mul
   return y if bias is None else y + bias.astype(y.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
 def _normalize(x, scale, bias, mask, reduce_axes, epsilon, axis_name, axis_index_groups):
-  """``(y, mean, var)``: ``y = (x - mean) / sqrt(var + epsilon) * scale + bias``."""
-  (y, mean, var), _ = _normalize_fwd(
+  """``(y, mean, var, count)``: ``y = (x - mean) / sqrt(var + epsilon) * scale + bias``."""
+  outputs, _ = _normalize_fwd(
       x, scale, bias, mask, reduce_axes, epsilon, axis_name, axis_index_groups)
-  return y, mean, var
+  return outputs
 
 
 def _normalize_fwd(x, scale, bias, mask, reduce_axes, epsilon, axis_name, axis_index_groups):
-  mean, var, count = masked_moments(x, reduce_axes, mask, axis_name, axis_index_groups)
-  rstd = lax.rsqrt(var + epsilon)
-  y = _standardize_affine(x, mean, rstd, scale, bias).astype(x.dtype)
+  stats = masked_moments(x, reduce_axes, mask, axis_name, axis_index_groups)
+  rstd = lax.rsqrt(stats.var + epsilon)
+  y = _standardize_affine(stats.centre(x), rstd, scale, bias).astype(x.dtype)
   # Residuals: x itself (already alive in the caller) plus per-group vectors.
-  return (y, mean, var), (x, scale, bias, mask, mean, rstd, count)
+  residuals = (x, scale, bias, mask, stats.shift, stats.delta, rstd, stats.count)
+  return (y, stats.mean, stats.var, stats.count), residuals
 
 
 def _normalize_bwd(reduce_axes, epsilon, axis_name, axis_index_groups, residuals, cotangents):
@@ -90,9 +91,9 @@ def _normalize_bwd(reduce_axes, epsilon, axis_name, axis_index_groups, residuals
   cotangents are zero and are not used.
   """
   del epsilon
-  x, scale, bias, mask, mean, rstd, count = residuals
-  dy = cotangents[0].astype(mean.dtype)
-  xhat = (x.astype(mean.dtype) - mean) * rstd
+  x, scale, bias, mask, shift, delta, rstd, count = residuals
+  dy = cotangents[0].astype(rstd.dtype)
+  xhat = ((x.astype(rstd.dtype) - shift) - delta) * rstd
 
   def reduce(t):
     return jnp.sum(t, axis=reduce_axes, keepdims=True)
@@ -133,11 +134,15 @@ _normalize.defvjp(_normalize_fwd, _normalize_bwd)
 
 
 def _static_epsilon(epsilon: Any, fn: str) -> float:
-  value = _checks.concrete_float(epsilon)
-  if value is None:
+  if isinstance(epsilon, jax.core.Tracer):
     raise TypeError(
-        f"{fn}: epsilon must be a Python number, not a traced value; got {epsilon!r}. "
-        "Pass it as a constant (it is part of the compiled computation).")
+        f"{fn}: epsilon must be a Python number, not a value traced under a transform; "
+        f"got {epsilon!r}. Pass it as a constant (it is part of the compiled computation).")
+  try:
+    value = float(epsilon)
+  except (TypeError, ValueError):
+    raise TypeError(f"{fn}: epsilon must be a positive number such as 1e-5; got "
+                    f"{epsilon!r}.") from None
   _checks.check_positive(value, name="epsilon", fn=fn,
                          hint=" It keeps 1/sqrt(var + epsilon) finite; 1e-5 is usual.")
   return value
@@ -204,12 +209,12 @@ def batch_norm(
   :math:`\beta` is ``bias``, :math:`\epsilon` is ``epsilon``.
 
   The backward pass is closed-form (``jax.custom_vjp``) and keeps only ``x`` and
-  per-feature vectors. It supports ``jax.grad``/``jax.vjp``, ``jax.jit``, ``jax.vmap``
-  and reverse-over-reverse (``jax.grad`` of ``jax.grad``, ``jax.jacrev`` of
-  ``jax.jacrev``); forward mode (``jax.jvp``, ``jax.jacfwd`` and therefore
-  ``jax.hessian``) raises JAX's ``TypeError`` for ``custom_vjp`` functions instead of
-  returning numbers: use ``jax.jacrev(jax.jacrev(f))`` for Hessians. The new running
-  statistics carry no gradient (``stop_gradient``).
+  per-feature vectors. It supports ``jax.grad``/``jax.vjp``, ``jax.jit``, ``jax.vmap``,
+  ``jax.grad`` of ``jax.grad``, ``jax.jacrev`` and ``jax.hessian`` (all tested against
+  the plain formula). Plain forward mode (``jax.jvp``, ``jax.jacfwd``) raises JAX's
+  ``TypeError`` for ``custom_vjp`` functions instead of returning numbers. The new
+  running statistics carry no gradient (``stop_gradient``); with a ``mask``, features
+  without any valid value keep their running statistics.
 
   Args:
     x: floating-point input, e.g. ``(batch, features)`` or NHWC.
@@ -258,10 +263,10 @@ def batch_norm(
     if stats is None:
       raise ValueError(f"{fn}: stats is None but train=False needs running statistics; "
                        "pass the BatchStats from training, or train=True.")
-    rstd = lax.rsqrt(stats.var.reshape(param_shape) + epsilon)
-    mean = stats.mean.reshape(param_shape).astype(compute_dtype(x.dtype))
-    y = _standardize_affine(x, mean, rstd.astype(mean.dtype), scale, bias)
-    return y.astype(x.dtype), stats
+    dtype = compute_dtype(x.dtype)
+    rstd = lax.rsqrt(stats.var.reshape(param_shape) + epsilon).astype(dtype)
+    centred = x.astype(dtype) - stats.mean.reshape(param_shape).astype(dtype)
+    return _standardize_affine(centred, rstd, scale, bias).astype(x.dtype), stats
 
   values_per_feature = math.prod(x.shape[a] for a in reduce_axes)
   if values_per_feature <= 1 and axis_name is None and mask is None:
@@ -270,15 +275,19 @@ def batch_norm(
         f"variance; x.shape={tuple(x.shape)} with axis={axis!r} gives "
         f"{values_per_feature} value per feature. Use train=False (running statistics) "
         "or a batch with more than one example.")
-  y, batch_mean, batch_var = _normalize(
+  y, batch_mean, batch_var, count = _normalize(
       x, scale, bias, mask, reduce_axes, epsilon, axis_name, axis_index_groups)
   if stats is None:
     return y, None
-  batch_mean = lax.stop_gradient(batch_mean).reshape(feature_shape).astype(jnp.float32)
-  batch_var = lax.stop_gradient(batch_var).reshape(feature_shape).astype(jnp.float32)
-  new_stats = BatchStats(
-      mean=momentum * stats.mean + (1 - momentum) * batch_mean,
-      var=momentum * stats.var + (1 - momentum) * batch_var)
+
+  def ema(old, batch):
+    batch = lax.stop_gradient(batch).reshape(feature_shape).astype(jnp.float32)
+    return momentum * old + (1 - momentum) * batch
+
+  new_stats = BatchStats(mean=ema(stats.mean, batch_mean), var=ema(stats.var, batch_var))
+  if mask is not None:  # features without a valid value keep their statistics
+    seen = count.reshape(feature_shape) > 0
+    new_stats = BatchStats(*(jnp.where(seen, new, old) for new, old in zip(new_stats, stats)))
   return y, new_stats
 
 
@@ -332,5 +341,4 @@ def layer_norm(
   scale = _as_param(scale, "scale", normalized_shape, param_shape, x.shape, axis_desc, fn)
   bias = _as_param(bias, "bias", normalized_shape, param_shape, x.shape, axis_desc, fn)
   mask = _checks.check_mask(mask, x.shape, fn=fn)
-  y, _, _ = _normalize(x, scale, bias, mask, axes, epsilon, axis_name, axis_index_groups)
-  return y
+  return _normalize(x, scale, bias, mask, axes, epsilon, axis_name, axis_index_groups)[0]

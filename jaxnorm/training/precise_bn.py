@@ -34,11 +34,10 @@ def _record_batch_norm_inputs(next_fun, args, kwargs, context):
     reduce_axes = tuple(a for a in range(x.ndim) if a not in feature_axes)
     mask = _checks.check_mask(kwargs.get("mask"), x.shape,
                               fn="jaxnorm.training.precise_batch_stats")
-    mean, var, count = masked_moments(x, reduce_axes, mask)
+    stats = masked_moments(x, reduce_axes, mask)
     feature_shape = tuple(x.shape[a] for a in feature_axes)
-    count = jax.numpy.broadcast_to(count, mean.shape)
     module.sow(_COLLECTION, "moments", tuple(
-        t.reshape(feature_shape) for t in (count, mean, var * count)))
+        t.reshape(feature_shape) for t in (stats.count, stats.mean, stats.var * stats.count)))
   return next_fun(*args, **kwargs)
 
 

@@ -108,6 +108,10 @@ def ref_batch_norm(x, scale, bias, stats, *, train, momentum=0.99, epsilon=1e-5,
     return y, None
   new_mean = momentum * to64(stats[0]) + (1 - momentum) * mean.reshape(fshape)
   new_var = momentum * to64(stats[1]) + (1 - momentum) * var.reshape(fshape)
+  # A feature with no valid value this batch keeps its running statistics.
+  seen = broadcast_mask(mask, x.shape).sum(axis=reduce_axes).reshape(fshape) > 0
+  new_mean = np.where(seen, new_mean, to64(stats[0]))
+  new_var = np.where(seen, new_var, to64(stats[1]))
   return y, (new_mean, new_var)
 
 

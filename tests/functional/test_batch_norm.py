@@ -302,10 +302,6 @@ class BatchNormVariantsTest(chex.TestCase):
 # Gradients against jax.grad of the plain formula (evaluated in float64).
 
 
-def _sin_loss(w):
-  return lambda y: jnp.sum(w * jnp.sin(y))
-
-
 def _grads(ref, x, scale, bias, axis, mask=None, epsilon=EPS):
   """(jaxnorm grads, float64 plain grads) of sum(w * sin(y)) w.r.t. x, scale, bias."""
   w = _normal(99, x.shape)
@@ -359,7 +355,7 @@ def test_gradients_without_affine(ref, use_scale, use_bias):
 @pytest.mark.parametrize("x_shape,axis,mask_shape", [
     ((10, 3), -1, (10, 1)),
     ((10, 3), -1, (10, 3)),
-    ((10, 3), -1, (1, 3)),
+    ((10, 3), 0, (1, 3)),  # features on axis 0; the mask varies along the reduced axis
     ((4, 3, 2, 5), -1, (4, 3, 2, 1)),  # varies along all reduced axes
     ((4, 3, 2, 5), (1, 3), (4, 1, 2, 5)),
 ])
@@ -368,6 +364,9 @@ def test_gradients_with_mask(ref, x_shape, axis, mask_shape):
   x = _normal(34, x_shape, loc=0.2)
   mask = rng.random(mask_shape) < 0.6
   mask.flat[0] = True
+  # Masked positions hold padding-like small values; their outputs are still
+  # normalized with the valid statistics and receive gradients.
+  x = np.where(np.broadcast_to(mask, x_shape), x, np.float32(1e-2) * x)
   scale, bias, _ = _params(35, _feature_shape(x_shape, axis))
   got, expected = _grads(ref, x, scale, bias, axis, mask=mask)
   for name, g, e in zip(["x", "scale", "bias"], got, expected):
@@ -703,3 +702,29 @@ def test_property_forward_stats_and_gradients(ref, case):
       assert g is None
       continue
     ref.assert_close(g, e, grad_tol, what=f"d{name}")
+
+
+def test_shifted_data_outputs_keep_float32_precision():
+  """(x - shift) - delta keeps the rounding of a mean near 1e4 out of the outputs."""
+  x = _normal(90, (256, 8), loc=1e4, scale=1.0)
+  y, _ = F.batch_norm(x, None, None, F.BatchStats(jnp.zeros(8), jnp.ones(8)), train=True)
+  x64 = np.asarray(x, np.float64)
+  expected = (x64 - x64.mean(0)) / np.sqrt(x64.var(0) + 1e-5)
+  # 1e-5 is 50x tighter than half a float32 step at 1e4 (4.9e-4).
+  assert np.abs(np.asarray(y, np.float64) - expected).max() < 1e-5
+
+
+@pytest.mark.parametrize("epsilon, error, match", [
+    ("abc", TypeError, r"epsilon must be a positive number such as 1e-5; got 'abc'"),
+    (np.array([1e-5, 1e-5]), TypeError, r"epsilon must be a positive number"),
+])
+def test_epsilon_of_the_wrong_kind(epsilon, error, match):
+  x = _normal(91, (4, 3))
+  with pytest.raises(error, match=match):
+    F.batch_norm(x, None, None, None, train=True, epsilon=epsilon)
+
+
+def test_traced_epsilon_is_rejected_with_the_fix():
+  x = _normal(92, (4, 3))
+  with pytest.raises(TypeError, match="not a value traced under a transform"):
+    jax.jit(lambda e: F.batch_norm(x, None, None, None, train=True, epsilon=e)[0])(1e-5)

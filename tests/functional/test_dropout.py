@@ -194,9 +194,16 @@ def test_broadcast_dims_drops_whole_channels():
   np.testing.assert_allclose(y[~zero], x64[~zero] / 0.5, rtol=1e-6)
 
 
-@pytest.mark.parametrize("broadcast_dims", [(), (0,), (1, 2), (-1,)])
-@pytest.mark.parametrize("rate", [0.1, 0.5, 0.9])
-@pytest.mark.parametrize("key_kind", ["typed", "raw"])
+@pytest.mark.parametrize("rate,broadcast_dims,key_kind", [
+    (0.1, (), "typed"),
+    (0.5, (), "typed"),
+    (0.9, (), "typed"),
+    (0.5, (1, 2), "typed"),
+    (0.3, (0,), "typed"),
+    (0.7, (-1,), "typed"),
+    (0.5, (), "raw"),
+    (0.2, (1, 2), "raw"),
+])
 def test_bit_identical_to_flax(rate, broadcast_dims, key_kind):
   key = _keys()[key_kind]
   x = jax.random.normal(jax.random.key(21), (4, 5, 6, 3))
