@@ -121,7 +121,7 @@ def test_grad_wrt_rate_traced():
 class SameKeySameMaskTest(chex.TestCase):
 
   @chex.variants(with_jit=True, without_jit=True)
-  def test_same_key_same_mask_as_numpy_reference_mask(self):
+  def test_same_key_same_mask_as_flax_bernoulli_draw(self):
     x = jax.random.normal(jax.random.key(12), (40, 30))
     key = jax.random.key(13)
     fn = self.variant(lambda key, x: dropout(key, x, rate=0.3))
