@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -171,6 +171,32 @@ def _as_param(param, name, natural_shape, param_shape, x_shape, axis_desc, fn):
       f"or {len(x_shape)} dimensions that broadcast to x.shape.")
 
 
+class _Prepared(NamedTuple):
+  """Validated arguments of a normalization (see :func:`_prepare`)."""
+
+  x: jax.Array
+  epsilon: float
+  axes: tuple[int, ...]        # the axes named by ``axis``, sorted and non-negative
+  axes_shape: tuple[int, ...]  # the sizes of x on those axes
+  scale: jax.Array | None      # broadcastable against x
+  bias: jax.Array | None
+  mask: jax.Array | None       # boolean, rank of x
+
+
+def _prepare(fn, x, scale, bias, mask, epsilon, axis) -> _Prepared:
+  """Checks ``x``, ``epsilon``, ``axis``, ``scale``/``bias`` (sizes of x on ``axis``) and ``mask``."""
+  x = _checks.ensure_floating(x, name="x", fn=fn)
+  epsilon = _static_epsilon(epsilon, fn)
+  axes = _checks.canonical_axes(axis, x.shape, name="axis", fn=fn)
+  axes_shape = tuple(x.shape[a] for a in axes)
+  param_shape = tuple(x.shape[a] if a in axes else 1 for a in range(x.ndim))
+  axis_desc = f"axis={axis!r}"
+  scale = _as_param(scale, "scale", axes_shape, param_shape, x.shape, axis_desc, fn)
+  bias = _as_param(bias, "bias", axes_shape, param_shape, x.shape, axis_desc, fn)
+  return _Prepared(x, epsilon, axes, axes_shape, scale, bias,
+                   _checks.check_mask(mask, x.shape, fn=fn))
+
+
 def _checked_stats(stats, feature_shape, x_shape, axis_desc, fn) -> BatchStats:
   if not (isinstance(stats, tuple) and len(stats) == 2):
     raise TypeError(
@@ -241,23 +267,17 @@ def batch_norm(
     Reducing Internal Covariate Shift", ICML 2015.
   """
   fn = "jaxnorm.functional.batch_norm"
-  x = _checks.ensure_floating(x, name="x", fn=fn)
   train = _checks.check_static_bool(train, name="train", fn=fn)
   _checks.check_in_unit_interval(
       momentum, name="momentum", fn=fn,
       hint=" Flax convention: new = momentum * old + (1 - momentum) * batch; "
            "PyTorch's momentum=0.1 is momentum=0.9 here.")
-  epsilon = _static_epsilon(epsilon, fn)
-  feature_axes = _checks.canonical_axes(axis, x.shape, name="axis", fn=fn)
+  x, epsilon, feature_axes, feature_shape, scale, bias, mask = _prepare(
+      fn, x, scale, bias, mask, epsilon, axis)
   reduce_axes = tuple(a for a in range(x.ndim) if a not in feature_axes)
-  feature_shape = tuple(x.shape[a] for a in feature_axes)
   param_shape = tuple(x.shape[a] if a in feature_axes else 1 for a in range(x.ndim))
-  axis_desc = f"axis={axis!r}"
-  scale = _as_param(scale, "scale", feature_shape, param_shape, x.shape, axis_desc, fn)
-  bias = _as_param(bias, "bias", feature_shape, param_shape, x.shape, axis_desc, fn)
-  mask = _checks.check_mask(mask, x.shape, fn=fn)
   if stats is not None:
-    stats = _checked_stats(stats, feature_shape, x.shape, axis_desc, fn)
+    stats = _checked_stats(stats, feature_shape, x.shape, f"axis={axis!r}", fn)
 
   if not train:
     if stats is None:
@@ -332,13 +352,5 @@ def layer_norm(
     Ba, Kiros & Hinton, "Layer Normalization", 2016.
   """
   fn = "jaxnorm.functional.layer_norm"
-  x = _checks.ensure_floating(x, name="x", fn=fn)
-  epsilon = _static_epsilon(epsilon, fn)
-  axes = _checks.canonical_axes(axis, x.shape, name="axis", fn=fn)
-  normalized_shape = tuple(x.shape[a] for a in axes)
-  param_shape = tuple(x.shape[a] if a in axes else 1 for a in range(x.ndim))
-  axis_desc = f"axis={axis!r}"
-  scale = _as_param(scale, "scale", normalized_shape, param_shape, x.shape, axis_desc, fn)
-  bias = _as_param(bias, "bias", normalized_shape, param_shape, x.shape, axis_desc, fn)
-  mask = _checks.check_mask(mask, x.shape, fn=fn)
+  x, epsilon, axes, _, scale, bias, mask = _prepare(fn, x, scale, bias, mask, epsilon, axis)
   return _normalize(x, scale, bias, mask, axes, epsilon, axis_name, axis_index_groups)[0]
