@@ -105,12 +105,10 @@ def _merge_across_devices(count, mean, m2, axis_name, axis_index_groups):
   nothing. Two small collectives over per-feature vectors.
   """
   count = jnp.broadcast_to(count, mean.shape)
-  total, weighted = lax.psum(
-      (count, count * mean), axis_name, axis_index_groups=axis_index_groups)
+  total, weighted = _psum((count, count * mean), axis_name, axis_index_groups)
   global_mean = weighted / jnp.maximum(total, 1)
-  global_m2 = lax.psum(
-      m2 + count * jnp.square(mean - global_mean), axis_name,
-      axis_index_groups=axis_index_groups)
+  global_m2 = _psum(m2 + count * jnp.square(mean - global_mean), axis_name,
+                    axis_index_groups)
   return total, global_mean, global_m2
 
 
@@ -135,21 +133,49 @@ class Moments(NamedTuple):
     return (x.astype(self.delta.dtype) - self.shift) - self.delta
 
 
+def _psum(value, axis_name, axis_index_groups):
+  """``lax.psum`` that says which transform is missing when ``axis_name`` is unbound."""
+  try:
+    return lax.psum(value, axis_name, axis_index_groups=axis_index_groups)
+  except NameError as error:
+    raise ValueError(
+        f"jaxnorm: axis_name={axis_name!r} is not bound here ({error}). Statistics across "
+        f"devices need the call to run inside jax.shard_map (mesh axis {axis_name!r}), "
+        f"jax.pmap(..., axis_name={axis_name!r}) or jax.vmap(..., axis_name="
+        f"{axis_name!r}); under plain jax.jit with sharded inputs leave axis_name=None "
+        "(XLA inserts the collectives).") from error
+
+
 def masked_moments(
     x: jax.Array,
     axes: tuple[int, ...],
     mask: jax.Array | None,
     axis_name: Any = None,
     axis_index_groups: Any = None,
+    center: bool = True,
 ) -> Moments:
   """Core of :func:`moments` on validated input, with kept dims.
 
   One pass over ``x`` with a per-group shift ``k`` (see :func:`_reference_point`):
   ``mean = k + S1 / n`` and ``M2 = S2 - S1^2 / n`` with ``S1 = sum(x - k)``,
   ``S2 = sum((x - k)^2)`` over valid elements; ``var = max(M2, 0) / n``. All in at
-  least float32; groups with no valid element give mean 0 and variance 0.
+  least float32; groups with no valid element give mean 0 and variance 0. With
+  ``center=False`` the moments are about zero (mean 0, ``var = mean(x^2)``, as RMS norm
+  needs).
   """
   dtype = compute_dtype(x.dtype)
+  if not center:
+    squares = jnp.square(x.astype(dtype))
+    if mask is not None:
+      squares = jnp.where(mask, squares, 0)
+    count = _valid_count(x.shape, axes, mask, dtype)
+    total = jnp.sum(squares, axis=axes, keepdims=True)
+    if axis_name is not None:
+      count, total = _psum((jnp.broadcast_to(count, total.shape), total), axis_name,
+                           axis_index_groups)
+    zeros = jnp.zeros_like(total)
+    count = jnp.broadcast_to(count, total.shape)
+    return Moments(zeros, zeros, total / jnp.maximum(count, 1), count)
   shift = lax.stop_gradient(_reference_point(x, axes, mask))
   centred = x.astype(dtype) - shift
   if mask is not None:

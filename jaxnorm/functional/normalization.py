@@ -58,16 +58,21 @@ def _standardize_affine(centred, rstd, scale, bias):
   return y if bias is None else y + bias.astype(y.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
-def _normalize(x, scale, bias, mask, reduce_axes, epsilon, axis_name, axis_index_groups):
-  """``(y, mean, var, count)``: ``y = (x - mean) / sqrt(var + epsilon) * scale + bias``."""
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8))
+def _normalize(x, scale, bias, mask, reduce_axes, epsilon, axis_name=None,
+               axis_index_groups=None, center=True):
+  """``(y, mean, var, count)``: ``y = (x - mean) / sqrt(var + epsilon) * scale + bias``.
+
+  With ``center=False``, ``mean = 0`` and ``var = mean(x^2)`` (RMS normalization).
+  """
   outputs, _ = _normalize_fwd(
-      x, scale, bias, mask, reduce_axes, epsilon, axis_name, axis_index_groups)
+      x, scale, bias, mask, reduce_axes, epsilon, axis_name, axis_index_groups, center)
   return outputs
 
 
-def _normalize_fwd(x, scale, bias, mask, reduce_axes, epsilon, axis_name, axis_index_groups):
-  stats = masked_moments(x, reduce_axes, mask, axis_name, axis_index_groups)
+def _normalize_fwd(x, scale, bias, mask, reduce_axes, epsilon, axis_name=None,
+                   axis_index_groups=None, center=True):
+  stats = masked_moments(x, reduce_axes, mask, axis_name, axis_index_groups, center)
   rstd = lax.rsqrt(stats.var + epsilon)
   y = _standardize_affine(stats.centre(x), rstd, scale, bias).astype(x.dtype)
   # Residuals: x itself (already alive in the caller) plus per-group vectors.
@@ -75,7 +80,8 @@ def _normalize_fwd(x, scale, bias, mask, reduce_axes, epsilon, axis_name, axis_i
   return (y, stats.mean, stats.var, stats.count), residuals
 
 
-def _normalize_bwd(reduce_axes, epsilon, axis_name, axis_index_groups, residuals, cotangents):
+def _normalize_bwd(reduce_axes, epsilon, axis_name, axis_index_groups, center, residuals,
+                   cotangents):
   r"""Closed-form VJP of :func:`_normalize` with respect to ``y``.
 
   With :math:`g = \partial L/\partial y \cdot \gamma`, :math:`\hat x = (x - \mu)/\sigma`,
@@ -87,7 +93,8 @@ def _normalize_bwd(reduce_axes, epsilon, axis_name, axis_index_groups, residuals
     \frac{\partial L}{\partial \gamma} = \sum \frac{\partial L}{\partial y}\hat x,\quad
     \frac{\partial L}{\partial \beta} = \sum \frac{\partial L}{\partial y}
 
-  The statistics outputs leave the public functions through ``stop_gradient``, so their
+  Without centering (``center=False``) the :math:`\sum g` term is absent. The
+  statistics outputs leave the public functions through ``stop_gradient``, so their
   cotangents are zero and are not used.
   """
   del epsilon
@@ -114,7 +121,7 @@ def _normalize_bwd(reduce_axes, epsilon, axis_name, axis_index_groups, residuals
         (sum_g, sum_g_xhat), axis_name, axis_index_groups=axis_index_groups)
 
   inv_m = 1.0 / jnp.maximum(count, 1)
-  correction = -rstd * inv_m * (sum_g + xhat * sum_g_xhat)
+  correction = -rstd * inv_m * ((sum_g if center else 0.0) + xhat * sum_g_xhat)
   if mask is not None:
     correction = jnp.where(mask, correction, 0)
   dx = (rstd * g + correction).astype(x.dtype)
@@ -299,16 +306,21 @@ def batch_norm(
       x, scale, bias, mask, reduce_axes, epsilon, axis_name, axis_index_groups)
   if stats is None:
     return y, None
+  return y, ema_update(stats, batch_mean, batch_var, count, momentum)
 
+
+def ema_update(stats: BatchStats, batch_mean, batch_var, count, momentum) -> BatchStats:
+  """``new = momentum * old + (1 - momentum) * batch`` (float32, no gradient).
+
+  Features whose ``count`` of valid values is 0 keep their statistics.
+  """
   def ema(old, batch):
-    batch = lax.stop_gradient(batch).reshape(feature_shape).astype(jnp.float32)
+    batch = lax.stop_gradient(batch).reshape(old.shape).astype(jnp.float32)
     return momentum * old + (1 - momentum) * batch
 
-  new_stats = BatchStats(mean=ema(stats.mean, batch_mean), var=ema(stats.var, batch_var))
-  if mask is not None:  # features without a valid value keep their statistics
-    seen = count.reshape(feature_shape) > 0
-    new_stats = BatchStats(*(jnp.where(seen, new, old) for new, old in zip(new_stats, stats)))
-  return y, new_stats
+  seen = count.reshape(stats.mean.shape) > 0
+  return BatchStats(*(jnp.where(seen, ema(old, batch), old)
+                      for old, batch in zip(stats, (batch_mean, batch_var))))
 
 
 def layer_norm(
@@ -354,3 +366,137 @@ def layer_norm(
   fn = "jaxnorm.functional.layer_norm"
   x, epsilon, axes, _, scale, bias, mask = _prepare(fn, x, scale, bias, mask, epsilon, axis)
   return _normalize(x, scale, bias, mask, axes, epsilon, axis_name, axis_index_groups)[0]
+
+
+def _groups(channels: int, num_groups: int | None, group_size: int | None, fn: str) -> int:
+  """The number of groups from exactly one of ``num_groups`` / ``group_size``."""
+  if (num_groups is None) == (group_size is None):
+    raise ValueError(f"{fn}: give exactly one of num_groups and group_size; got "
+                     f"num_groups={num_groups}, group_size={group_size}.")
+  if group_size is not None:
+    if group_size < 1 or channels % group_size:
+      raise ValueError(f"{fn}: group_size={group_size} does not divide the {channels} "
+                       f"channels (x.shape[-1]); use a divisor of {channels}.")
+    return channels // group_size
+  if num_groups < 1 or channels % num_groups:
+    raise ValueError(f"{fn}: num_groups={num_groups} does not divide the {channels} "
+                     f"channels (x.shape[-1]); use a divisor of {channels}.")
+  return num_groups
+
+
+def group_norm(
+    x: jax.Array,
+    scale: jax.Array | None,
+    bias: jax.Array | None,
+    *,
+    num_groups: int | None = 32,
+    group_size: int | None = None,
+    epsilon: float = 1e-6,
+    reduction_axes: Sequence[int] | None = None,
+    mask: jax.Array | None = None,
+    axis_name: Any = None,
+    axis_index_groups: Any = None,
+) -> jax.Array:
+  r"""Group normalization: statistics per example over groups of channels.
+
+  .. math::
+    y_{n,\dots,c} = \frac{x_{n,\dots,c} - \mu_{n,g(c)}}{\sqrt{\sigma^2_{n,g(c)} + \epsilon}}
+    \,\gamma_c + \beta_c
+
+  The channels (last axis, ``C``) are split into ``G`` groups of ``C / G`` consecutive
+  channels; :math:`\mu_{n,g}, \sigma^2_{n,g}` are taken over the channels of group
+  :math:`g` and ``reduction_axes`` (default: every axis but the first, the batch).
+  Same arguments as ``flax.linen.GroupNorm``; closed-form backward pass.
+
+  Args:
+    x: floating-point input ``(N, ..., C)``.
+    scale, bias: :math:`\gamma, \beta` of shape ``(C,)``, or ``None``.
+    num_groups: ``G``; pass ``None`` when giving ``group_size``.
+    group_size: channels per group, instead of ``num_groups``.
+    epsilon: positive constant added to the variance.
+    reduction_axes: axes to reduce besides the grouped channels; must include the last.
+    mask: boolean array broadcastable to ``x``: elements that enter the statistics.
+    axis_name, axis_index_groups: merge statistics across devices (as in batch norm).
+
+  References:
+    Wu & He, "Group Normalization", ECCV 2018.
+  """
+  fn = "jaxnorm.functional.group_norm"
+  x, epsilon, _, (channels,), scale, bias, mask = _prepare(fn, x, scale, bias, mask,
+                                                          epsilon, -1)
+  groups = _groups(channels, num_groups, group_size, fn)
+  if reduction_axes is None:
+    reduction_axes = tuple(range(1, x.ndim))
+  axes = _checks.canonical_axes(reduction_axes, x.shape, name="reduction_axes", fn=fn)
+  if x.ndim - 1 not in axes:
+    raise ValueError(f"{fn}: reduction_axes={reduction_axes!r} must include the last "
+                     f"(channel) axis {x.ndim - 1} of x.shape={tuple(x.shape)}.")
+  grouped_shape = x.shape[:-1] + (groups, channels // groups)
+
+  def grouped(t):
+    return None if t is None else t.reshape(t.shape[:-1] + (
+        (groups, channels // groups) if t.shape[-1] == channels else (1, 1)))
+
+  y = _normalize(x.reshape(grouped_shape), grouped(scale), grouped(bias), grouped(mask),
+                 axes[:-1] + (x.ndim,), epsilon, axis_name, axis_index_groups)[0]
+  return y.reshape(x.shape)
+
+
+def instance_norm(
+    x: jax.Array,
+    scale: jax.Array | None,
+    bias: jax.Array | None,
+    *,
+    axis: int | Sequence[int] = -1,
+    epsilon: float = 1e-6,
+    mask: jax.Array | None = None,
+    axis_name: Any = None,
+    axis_index_groups: Any = None,
+) -> jax.Array:
+  r"""Instance normalization: statistics per example and channel over the other axes.
+
+  .. math::
+    y = \frac{x - \mu_{n,c}}{\sqrt{\sigma^2_{n,c} + \epsilon}}\,\gamma_c + \beta_c
+
+  ``axis`` names the channel axes (kept, as in ``flax.linen.InstanceNorm``'s
+  ``feature_axes``); axis 0 is the batch; every other axis is reduced.
+
+  References:
+    Ulyanov, Vedaldi & Lempitsky, "Instance Normalization: The Missing Ingredient for
+    Fast Stylization", 2016.
+  """
+  fn = "jaxnorm.functional.instance_norm"
+  x, epsilon, feature_axes, _, scale, bias, mask = _prepare(fn, x, scale, bias, mask,
+                                                            epsilon, axis)
+  if 0 in feature_axes:
+    raise ValueError(f"{fn}: axis={axis!r} includes axis 0, the batch axis of "
+                     f"x.shape={tuple(x.shape)}; name the channel axes only.")
+  reduce_axes = tuple(a for a in range(1, x.ndim) if a not in feature_axes)
+  return _normalize(x, scale, bias, mask, reduce_axes, epsilon, axis_name,
+                    axis_index_groups)[0]
+
+
+def rms_norm(
+    x: jax.Array,
+    scale: jax.Array | None,
+    *,
+    axis: int | Sequence[int] = -1,
+    epsilon: float = 1e-6,
+    mask: jax.Array | None = None,
+    axis_name: Any = None,
+    axis_index_groups: Any = None,
+) -> jax.Array:
+  r"""Root-mean-square normalization (no centring, no bias).
+
+  .. math::
+    y = \frac{x}{\sqrt{\frac{1}{n}\sum_{i} x_i^2 + \epsilon}}\,\gamma
+
+  over the axes ``axis``, with :math:`\gamma` = ``scale``. Closed-form backward pass.
+
+  References:
+    Zhang & Sennrich, "Root Mean Square Layer Normalization", NeurIPS 2019.
+  """
+  fn = "jaxnorm.functional.rms_norm"
+  x, epsilon, axes, _, scale, _, mask = _prepare(fn, x, scale, None, mask, epsilon, axis)
+  return _normalize(x, scale, None, mask, axes, epsilon, axis_name, axis_index_groups,
+                    False)[0]

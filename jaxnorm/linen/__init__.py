@@ -1,10 +1,19 @@
 """Flax linen front-end: thin modules that create variables and call jaxnorm.functional.
 
-Each module is a drop-in for its ``flax.linen`` namesake: same arguments, variable
-collections and names, and rng stream, so swapping the import keeps checkpoints loadable.
+``BatchNorm``, ``LayerNorm``, ``GroupNorm``, ``InstanceNorm``, ``RMSNorm`` and ``Dropout``
+are drop-ins for their ``flax.linen`` namesakes: same arguments, variable collections
+and names, and rng stream, so swapping the import keeps checkpoints loadable.
+``BatchRenorm``, ``GhostBatchNorm``, ``SwitchNorm``, ``EvoNormB0`` and ``EvoNormS0``
+follow the same conventions.
 """
 
-from jaxnorm.linen.normalization import BatchNorm, LayerNorm
+from jaxnorm.linen.normalization import (
+    BatchNorm, GroupNorm, InstanceNorm, LayerNorm, RMSNorm)
 from jaxnorm.linen.stochastic import Dropout
+from jaxnorm.linen.variants import (
+    BatchRenorm, EvoNormB0, EvoNormS0, GhostBatchNorm, SwitchNorm)
 
-__all__ = ["BatchNorm", "Dropout", "LayerNorm"]
+__all__ = [
+    "BatchNorm", "BatchRenorm", "Dropout", "EvoNormB0", "EvoNormS0", "GhostBatchNorm",
+    "GroupNorm", "InstanceNorm", "LayerNorm", "RMSNorm", "SwitchNorm",
+]

@@ -42,6 +42,20 @@ def _input_for(x, out_dtype):
   return x.astype(jnp.promote_types(x.dtype, out_dtype))
 
 
+def running_stats(module: nn.Module, feature_shape) -> tuple[nn.Variable, nn.Variable]:
+  """The ``batch_stats/mean`` (zeros) and ``batch_stats/var`` (ones) variables, float32."""
+  return (module.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32),
+                          feature_shape),
+          module.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32),
+                          feature_shape))
+
+
+def _broadcast_params(x, feature_axes, *params):
+  """Reshapes feature-shaped parameters to broadcast against ``x``."""
+  shape = tuple(x.shape[a] if a in feature_axes else 1 for a in range(x.ndim))
+  return tuple(None if p is None else p.reshape(shape) for p in params)
+
+
 class BatchNorm(nn.Module):
   """Batch normalization, a drop-in for ``flax.linen.BatchNorm``.
 
@@ -52,6 +66,18 @@ class BatchNorm(nn.Module):
   ``dtype`` and ``param_dtype`` are. During ``init`` the statistics are not updated
   and ``axis_name`` is not used; a training-mode ``init`` on a batch with one value
   per feature normalizes with the initial running statistics instead of raising.
+
+  Two options flax lacks (both off by default):
+
+  - ``freeze_stats``: always normalize with the running statistics and never update
+    them, in training too, while ``scale``/``bias`` stay trainable ("frozen BN"). Use it
+    to fine-tune a pretrained network with small batches (detection, segmentation),
+    where batch statistics would be noisy and would overwrite good running statistics.
+  - ``eval_with_batch_stats``: in evaluation (``use_running_average=True``) normalize
+    with the batch's own statistics, without updating the running ones. Use it when the
+    running statistics do not describe the evaluation data (domain shift, "AdaBN"), or
+    to evaluate a network whose running statistics were never trained; batches must
+    then be large and i.i.d.
 
   See :func:`jaxnorm.functional.batch_norm` for the math.
   """
@@ -70,6 +96,8 @@ class BatchNorm(nn.Module):
   axis_index_groups: Any = None
   use_fast_variance: bool = True
   force_float32_reductions: bool = True
+  freeze_stats: bool = False
+  eval_with_batch_stats: bool = False
 
   @nn.compact
   def __call__(self, x, use_running_average: bool | None = None, *,
@@ -89,23 +117,22 @@ class BatchNorm(nn.Module):
     feature_axes = _checks.canonical_axes(
         self.axis, x.shape, name="axis", fn="jaxnorm.linen.BatchNorm")
     feature_shape = tuple(x.shape[a] for a in feature_axes)
-    ra_mean = self.variable("batch_stats", "mean",
-                            lambda s: jnp.zeros(s, jnp.float32), feature_shape)
-    ra_var = self.variable("batch_stats", "var",
-                           lambda s: jnp.ones(s, jnp.float32), feature_shape)
+    ra_mean, ra_var = running_stats(self, feature_shape)
     scale, bias = _feature_params(self, x, feature_axes)
     out_dtype = _output_dtype(self, x, scale, bias)
 
     initializing = self.is_initializing()
-    train = not use_running_average
-    if initializing and train and mask is None and x.size <= math.prod(feature_shape):
-      train = False  # init only needs shapes, and it never updates the statistics
+    batch_statistics = (not use_running_average or self.eval_with_batch_stats) and not (
+        self.freeze_stats)
+    if initializing and batch_statistics and mask is None and x.size <= math.prod(
+        feature_shape):
+      batch_statistics = False  # init only needs shapes and never updates statistics
     y, new_stats = F.batch_norm(
         _input_for(x, out_dtype), scale, bias, F.BatchStats(ra_mean.value, ra_var.value),
-        train=train, momentum=self.momentum, epsilon=self.epsilon,
+        train=batch_statistics, momentum=self.momentum, epsilon=self.epsilon,
         axis=feature_axes, axis_name=None if initializing else self.axis_name,
         axis_index_groups=self.axis_index_groups, mask=mask)
-    if train and not initializing:
+    if batch_statistics and not use_running_average and not initializing:
       ra_mean.value, ra_var.value = new_stats
     return y.astype(out_dtype)
 
@@ -149,11 +176,108 @@ class LayerNorm(nn.Module):
         self.feature_axes, x.shape, name="feature_axes", fn=fn)
     scale, bias = _feature_params(self, x, feature_axes)
     out_dtype = _output_dtype(self, x, scale, bias)
-    broadcast_shape = tuple(x.shape[a] if a in feature_axes else 1 for a in range(x.ndim))
     y = F.layer_norm(
-        _input_for(x, out_dtype),
-        None if scale is None else scale.reshape(broadcast_shape),
-        None if bias is None else bias.reshape(broadcast_shape),
+        _input_for(x, out_dtype), *_broadcast_params(x, feature_axes, scale, bias),
         axis=self.reduction_axes, epsilon=self.epsilon, mask=mask,
         axis_name=self.axis_name, axis_index_groups=self.axis_index_groups)
+    return y.astype(out_dtype)
+
+
+class GroupNorm(nn.Module):
+  """Group normalization, a drop-in for ``flax.linen.GroupNorm``.
+
+  Give ``num_groups`` (default 32) or ``group_size`` (with ``num_groups=None``).
+  See :func:`jaxnorm.functional.group_norm`.
+  """
+
+  num_groups: int | None = 32
+  group_size: int | None = None
+  epsilon: float = 1e-6
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  use_bias: bool = True
+  use_scale: bool = True
+  bias_init: Any = initializers.zeros
+  scale_init: Any = initializers.ones
+  reduction_axes: Axes | None = None
+  axis_name: str | None = None
+  axis_index_groups: Any = None
+  use_fast_variance: bool = True
+  force_float32_reductions: bool = True
+
+  @nn.compact
+  def __call__(self, x, *, mask: jax.Array | None = None):
+    """Normalizes each example over ``reduction_axes`` and the channels of each group."""
+    scale, bias = _feature_params(self, x, (x.ndim - 1,))
+    out_dtype = _output_dtype(self, x, scale, bias)
+    y = F.group_norm(_input_for(x, out_dtype), scale, bias, num_groups=self.num_groups,
+                     group_size=self.group_size, epsilon=self.epsilon,
+                     reduction_axes=self.reduction_axes, mask=mask,
+                     axis_name=self.axis_name, axis_index_groups=self.axis_index_groups)
+    return y.astype(out_dtype)
+
+
+class InstanceNorm(nn.Module):
+  """Instance normalization, a drop-in for ``flax.linen.InstanceNorm``.
+
+  See :func:`jaxnorm.functional.instance_norm`.
+  """
+
+  epsilon: float = 1e-6
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  use_bias: bool = True
+  use_scale: bool = True
+  bias_init: Any = initializers.zeros
+  scale_init: Any = initializers.ones
+  feature_axes: Axes = -1
+  axis_name: str | None = None
+  axis_index_groups: Any = None
+  use_fast_variance: bool = True
+  force_float32_reductions: bool = True
+
+  @nn.compact
+  def __call__(self, x, *, mask: jax.Array | None = None):
+    """Normalizes each example and channel over the remaining axes."""
+    feature_axes = _checks.canonical_axes(self.feature_axes, x.shape, name="feature_axes",
+                                          fn="jaxnorm.linen.InstanceNorm")
+    scale, bias = _feature_params(self, x, feature_axes)
+    out_dtype = _output_dtype(self, x, scale, bias)
+    y = F.instance_norm(_input_for(x, out_dtype), scale, bias, axis=feature_axes,
+                        epsilon=self.epsilon, mask=mask, axis_name=self.axis_name,
+                        axis_index_groups=self.axis_index_groups)
+    return y.astype(out_dtype)
+
+
+class RMSNorm(nn.Module):
+  """RMS normalization, a drop-in for ``flax.linen.RMSNorm``.
+
+  See :func:`jaxnorm.functional.rms_norm`.
+  """
+
+  epsilon: float = 1e-6
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  use_scale: bool = True
+  scale_init: Any = initializers.ones
+  reduction_axes: Axes = -1
+  feature_axes: Axes = -1
+  axis_name: str | None = None
+  axis_index_groups: Any = None
+  use_fast_variance: bool = True
+  force_float32_reductions: bool = True
+
+  @nn.compact
+  def __call__(self, x, *, mask: jax.Array | None = None):
+    """Divides each example by its root mean square over ``reduction_axes``."""
+    feature_axes = _checks.canonical_axes(self.feature_axes, x.shape, name="feature_axes",
+                                          fn="jaxnorm.linen.RMSNorm")
+    shape = tuple(x.shape[a] for a in feature_axes)
+    scale = (self.param("scale", self.scale_init, shape, self.param_dtype)
+             if self.use_scale else None)
+    out_dtype = _output_dtype(self, x, scale, None)
+    (scale,) = _broadcast_params(x, feature_axes, scale)
+    y = F.rms_norm(_input_for(x, out_dtype), scale, axis=self.reduction_axes,
+                   epsilon=self.epsilon, mask=mask, axis_name=self.axis_name,
+                   axis_index_groups=self.axis_index_groups)
     return y.astype(out_dtype)
