@@ -13,7 +13,9 @@ from jaxnorm.functional import BatchStats
 
 __version__ = "0.1.0"
 
-_LINEN_EXPORTS = ("BatchNorm", "BatchRenorm", "Dropout", "EvoNormB0", "EvoNormS0",
+_LINEN_EXPORTS = ("AlphaDropout", "BatchNorm", "BatchRenorm", "ClassicDropout",
+                  "ConcreteDropoutDense", "DropConnectDense", "DropPath", "Dropout",
+                  "GaussianDropout", "SpatialDropout", "EvoNormB0", "EvoNormS0",
                   "GhostBatchNorm", "GroupNorm", "InstanceNorm", "LayerNorm", "RMSNorm",
                   "SwitchNorm")
 

@@ -8,12 +8,17 @@ from jaxnorm.functional._stats import BatchStats, Moments, masked_moments, momen
 from jaxnorm.functional.batch_variants import (
     BatchRenormStats, batch_renorm, ghost_batch_norm)
 from jaxnorm.functional.composite import evonorm_b0, evonorm_s0, switch_norm
-from jaxnorm.functional.dropout import dropout
+from jaxnorm.functional.stochastic import (
+    alpha_dropout, classic_dropout, concrete_dropout, concrete_dropout_regularizer,
+    drop_path, drop_path_rates, dropout, gaussian_dropout, r_drop_loss, spatial_dropout)
 from jaxnorm.functional.normalization import (
     batch_norm, group_norm, instance_norm, layer_norm, rms_norm)
 
 __all__ = [
-    "BatchRenormStats", "BatchStats", "Moments", "batch_norm", "batch_renorm", "dropout",
-    "evonorm_b0", "evonorm_s0", "ghost_batch_norm", "group_norm", "instance_norm",
-    "layer_norm", "masked_moments", "moments", "rms_norm", "switch_norm",
+    "BatchRenormStats", "BatchStats", "Moments", "alpha_dropout", "batch_norm",
+    "batch_renorm", "classic_dropout", "concrete_dropout", "concrete_dropout_regularizer",
+    "drop_path", "drop_path_rates", "dropout", "evonorm_b0", "evonorm_s0",
+    "gaussian_dropout", "ghost_batch_norm", "group_norm", "instance_norm", "layer_norm",
+    "masked_moments", "moments", "r_drop_loss", "rms_norm", "spatial_dropout",
+    "switch_norm",
 ]

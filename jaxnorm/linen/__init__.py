@@ -9,11 +9,15 @@ follow the same conventions.
 
 from jaxnorm.linen.normalization import (
     BatchNorm, GroupNorm, InstanceNorm, LayerNorm, RMSNorm)
-from jaxnorm.linen.stochastic import Dropout
+from jaxnorm.linen.stochastic import (
+    AlphaDropout, ClassicDropout, ConcreteDropoutDense, DropConnectDense, DropPath, Dropout,
+    GaussianDropout, SpatialDropout)
 from jaxnorm.linen.variants import (
     BatchRenorm, EvoNormB0, EvoNormS0, GhostBatchNorm, SwitchNorm)
 
 __all__ = [
+    "AlphaDropout", "ClassicDropout", "ConcreteDropoutDense", "DropConnectDense",
+    "DropPath", "GaussianDropout", "SpatialDropout",
     "BatchNorm", "BatchRenorm", "Dropout", "EvoNormB0", "EvoNormS0", "GhostBatchNorm",
     "GroupNorm", "InstanceNorm", "LayerNorm", "RMSNorm", "SwitchNorm",
 ]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -33,16 +35,168 @@ class Dropout(nn.Module):
 
   @nn.compact
   def __call__(self, inputs, deterministic: bool | None = None,
-               rng: jax.Array | None = None):
-    """Applies a random dropout mask (training) or the identity (``deterministic``)."""
+               rng: jax.Array | None = None, *, rate: float | jax.Array | None = None):
+    """Applies a random dropout mask (training) or the identity (``deterministic``).
+
+    ``rate`` overrides the attribute for this call; it may be traced (a schedule under
+    ``jax.jit``, e.g. ``rate=schedule(step)``), without recompiling per value.
+    """
     deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
+    rate = self.rate if rate is None else rate
     _checks.check_in_unit_interval(
-        self.rate, name="rate", fn="jaxnorm.linen.Dropout",
+        rate, name="rate", fn="jaxnorm.linen.Dropout",
         hint=" rate is the probability of dropping an element, not of keeping it.")
-    if deterministic or _checks.concrete_float(self.rate) == 0.0:
+    if deterministic or _checks.concrete_float(rate) == 0.0:
       return inputs
-    if _checks.concrete_float(self.rate) == 1.0:
+    if _checks.concrete_float(rate) == 1.0:
       return jnp.zeros_like(inputs)  # as Flax: no key is drawn
     if rng is None:
       rng = self.make_rng(self.rng_collection)
-    return F.dropout(rng, inputs, rate=self.rate, broadcast_dims=self.broadcast_dims)
+    return F.dropout(rng, inputs, rate=rate, broadcast_dims=self.broadcast_dims)
+
+
+class _KeyedNoise(nn.Module):
+  """Shared plumbing: ``deterministic`` merging and the key from ``rng_collection``."""
+
+  rate: float
+  deterministic: bool | None = None
+  rng_collection: str = "dropout"
+
+  def _key(self, deterministic):
+    """The key for this call, or None when no noise is applied."""
+    deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
+    if deterministic or _checks.concrete_float(self.rate) == 0.0:
+      return None
+    return self.make_rng(self.rng_collection)
+
+
+class SpatialDropout(_KeyedNoise):
+  """Drops whole feature maps; see :func:`jaxnorm.functional.spatial_dropout`.
+
+  ``channel_axis=-1`` for NHWC, ``1`` for NCHW.
+  """
+
+  channel_axis: int = -1
+
+  @nn.compact
+  def __call__(self, inputs, deterministic: bool | None = None):
+    key = self._key(deterministic)
+    return inputs if key is None else F.spatial_dropout(
+        key, inputs, rate=self.rate, channel_axis=self.channel_axis)
+
+
+class DropPath(_KeyedNoise):
+  """Stochastic depth for a residual branch: ``x + DropPath(p)(branch(x), ...)``.
+
+  ``mode="row"`` drops per example, ``"batch"`` the whole batch; see
+  :func:`jaxnorm.functional.drop_path` and :func:`jaxnorm.functional.drop_path_rates`.
+  """
+
+  mode: str = "row"
+
+  @nn.compact
+  def __call__(self, inputs, deterministic: bool | None = None):
+    key = self._key(deterministic)
+    return inputs if key is None else F.drop_path(key, inputs, rate=self.rate,
+                                                  mode=self.mode)
+
+
+class AlphaDropout(_KeyedNoise):
+  """Alpha dropout for SELU networks; see :func:`jaxnorm.functional.alpha_dropout`."""
+
+  @nn.compact
+  def __call__(self, inputs, deterministic: bool | None = None):
+    key = self._key(deterministic)
+    return inputs if key is None else F.alpha_dropout(key, inputs, rate=self.rate)
+
+
+class GaussianDropout(_KeyedNoise):
+  """Multiplicative N(1, rate / (1 - rate)) noise; see
+  :func:`jaxnorm.functional.gaussian_dropout`."""
+
+  @nn.compact
+  def __call__(self, inputs, deterministic: bool | None = None):
+    key = self._key(deterministic)
+    return inputs if key is None else F.gaussian_dropout(key, inputs, rate=self.rate)
+
+
+class ClassicDropout(_KeyedNoise):
+  """Non-inverted dropout: no rescaling in training, ``x * (1 - rate)`` when
+  deterministic; see :func:`jaxnorm.functional.classic_dropout`."""
+
+  @nn.compact
+  def __call__(self, inputs, deterministic: bool | None = None):
+    key = self._key(deterministic)
+    return F.classic_dropout(key, inputs, rate=self.rate, train=key is not None)
+
+
+class DropConnectDense(nn.Module):
+  """A Dense layer whose weights (not activations) are dropped in training.
+
+  One Bernoulli(1 - rate) mask over the kernel per call (shared by the batch), kept
+  weights scaled by ``1 / (1 - rate)``; the bias is not dropped. Same ``params``
+  (``kernel``, ``bias``) as ``flax.linen.Dense``.
+
+  References:
+    Wan et al., "Regularization of Neural Networks using DropConnect", ICML 2013.
+  """
+
+  features: int
+  rate: float = 0.5
+  use_bias: bool = True
+  deterministic: bool | None = None
+  kernel_init: Any = nn.initializers.lecun_normal()
+  bias_init: Any = nn.initializers.zeros
+  param_dtype: Any = jnp.float32
+  rng_collection: str = "dropout"
+
+  @nn.compact
+  def __call__(self, inputs, deterministic: bool | None = None):
+    deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
+    kernel = self.param("kernel", self.kernel_init, (inputs.shape[-1], self.features),
+                        self.param_dtype)
+    if not deterministic:
+      kernel = F.dropout(self.make_rng(self.rng_collection), kernel, rate=self.rate)
+    y = inputs @ kernel.astype(inputs.dtype)
+    if self.use_bias:
+      y = y + self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+    return y
+
+
+class ConcreteDropoutDense(nn.Module):
+  """Concrete dropout on the input of a Dense layer, with a learned drop rate.
+
+  ``params``: ``kernel``, ``bias`` (as ``nn.Dense``) and ``dropout_logit`` (the logit of
+  the drop probability). Each call sows its regularizer
+  (:func:`jaxnorm.functional.concrete_dropout_regularizer`) into the ``losses``
+  collection: apply with ``mutable=['losses']`` (passing only ``params``/``batch_stats``
+  as variables) and add their sum to the loss.
+  When deterministic, the input is used as is (inverted scaling).
+  """
+
+  features: int
+  weight_regularizer: float = 1e-6
+  dropout_regularizer: float = 1e-5
+  init_rate: float = 0.1
+  temperature: float = 0.1
+  deterministic: bool | None = None
+  rng_collection: str = "dropout"
+
+  @nn.compact
+  def __call__(self, inputs, deterministic: bool | None = None):
+    deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
+    _checks.check_in_unit_interval(self.init_rate, name="init_rate",
+                                   fn="jaxnorm.linen.ConcreteDropoutDense")
+    init_logit = math.log(self.init_rate) - math.log1p(-self.init_rate)
+    logit = self.param("dropout_logit", nn.initializers.constant(init_logit), ())
+    dense = nn.Dense(self.features, name="dense")
+    x = inputs if deterministic else F.concrete_dropout(
+        self.make_rng(self.rng_collection), inputs, logit=logit,
+        temperature=self.temperature)
+    y = dense(x)
+    kernel = dense.variables["params"]["kernel"]
+    self.sow("losses", "concrete_dropout", F.concrete_dropout_regularizer(
+        logit, input_dim=inputs.shape[-1], weight_sq_norm=jnp.sum(jnp.square(kernel)),
+        weight_regularizer=self.weight_regularizer,
+        dropout_regularizer=self.dropout_regularizer))
+    return y

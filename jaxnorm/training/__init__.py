@@ -12,9 +12,11 @@ from jaxnorm.training.optim import decay_mask, make_optimizer
 from jaxnorm.training.precise_bn import precise_batch_stats
 from jaxnorm.training.state import TrainState
 from jaxnorm.training.steps import classification_loss, make_eval_step, make_train_step
+from jaxnorm.training.uncertainty import MCPrediction, mc_dropout_predict, monte_carlo_predict
 
 __all__ = [
-    "CheckpointError", "FoldPair", "TrainState", "batch_norm_from_torch",
+    "CheckpointError", "FoldPair", "MCPrediction", "TrainState", "mc_dropout_predict",
+    "monte_carlo_predict", "batch_norm_from_torch",
     "batch_norm_to_torch", "classification_loss", "decay_mask", "epoch_batch_indices",
     "evaluate", "find_foldable_pairs", "fold_batch_norm", "iterate_epoch",
     "latest_epoch", "make_eval_step", "make_optimizer", "make_scan_epoch",

@@ -1,0 +1,303 @@
+"""PRNG-keyed dropout: randomness is an explicit key argument, never hidden state."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxnorm import _checks
+
+
+def _check_key(key, fn: str) -> None:
+  dtype = getattr(key, "dtype", None)
+  is_typed_key = dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+  is_raw_key = dtype == jnp.uint32 and getattr(key, "shape", None) == (2,)
+  if not (is_typed_key or is_raw_key):
+    raise TypeError(
+        f"{fn}: key must be a JAX PRNG key (jax.random.key(seed) or "
+        f"jax.random.PRNGKey(seed)); got {type(key).__name__} with dtype {dtype}. "
+        "The key comes first: dropout(key, x, rate=...).")
+
+
+def dropout(
+    key: jax.Array,
+    x: jax.Array,
+    *,
+    rate: float | jax.Array,
+    broadcast_dims: Sequence[int] = (),
+) -> jax.Array:
+  r"""Inverted dropout: drop each element with probability ``rate``, rescale the rest.
+
+  .. math::
+    y = \frac{b \odot x}{1 - p}, \qquad b \sim \text{Bernoulli}(1 - p)
+
+  with :math:`p` = ``rate``, so :math:`E[y] = x`. The mask is shared along
+  ``broadcast_dims`` (e.g. ``(1, 2)`` on NHWC drops whole channels). The mask is a
+  function of ``key`` and the mask shape only: the same key gives the same mask with or
+  without ``jax.jit`` and the same mask as ``flax.linen.Dropout`` given the same key.
+
+  ``rate`` may be traced (a schedule under ``jax.jit``: no recompilation per value);
+  traced values are not range-checked. ``rate == 1`` gives zeros with zero (finite)
+  gradients; ``rate == 0`` returns ``x``.
+
+  Args:
+    key: a PRNG key; split or ``fold_in`` it per layer and per step yourself.
+    x: floating-point input.
+    rate: drop probability in [0, 1] (not the keep probability).
+    broadcast_dims: axes along which the mask is shared.
+
+  Returns:
+    An array like ``x``.
+
+  References:
+    Srivastava et al., "Dropout: A Simple Way to Prevent Neural Networks from
+    Overfitting", JMLR 2014.
+  """
+  fn = "jaxnorm.functional.dropout"
+  x = _checks.ensure_floating(x, name="x", fn=fn)
+  _checks.check_in_unit_interval(
+      rate, name="rate", fn=fn,
+      hint=" rate is the probability of dropping an element, not of keeping it.")
+  dims = (_checks.canonical_axes(broadcast_dims, x.shape, name="broadcast_dims", fn=fn)
+          if len(broadcast_dims) else ())
+  static_rate = _checks.concrete_float(rate)
+  if static_rate == 0.0:
+    return x
+  if static_rate == 1.0:
+    return jnp.zeros_like(x)
+  _check_key(key, fn)
+  mask_shape = tuple(1 if a in dims else n for a, n in enumerate(x.shape))
+  if static_rate is not None:
+    keep_prob = 1.0 - static_rate
+    keep = jax.random.bernoulli(key, p=keep_prob, shape=mask_shape)
+    return lax.select(jnp.broadcast_to(keep, x.shape), x / keep_prob, jnp.zeros_like(x))
+  keep_prob = 1.0 - jnp.asarray(rate, jnp.float32)
+  keep = jax.random.bernoulli(key, p=keep_prob, shape=mask_shape)
+  # Where nothing is kept, divide by 1 instead of 0 so no inf/NaN reaches the gradient.
+  safe_keep_prob = jnp.where(keep_prob > 0, keep_prob, 1.0).astype(x.dtype)
+  return jnp.where(jnp.broadcast_to(keep, x.shape), x / safe_keep_prob, jnp.zeros_like(x))
+
+
+def _keep_mask(key, shape, keep_prob) -> jax.Array:
+  return jax.random.bernoulli(key, p=keep_prob, shape=shape)
+
+
+def _static_rate(rate, fn: str) -> float | None:
+  """Checks ``rate`` in [0, 1]; returns it as a float when concrete, else None."""
+  _checks.check_in_unit_interval(
+      rate, name="rate", fn=fn,
+      hint=" rate is the probability of dropping, not of keeping.")
+  return _checks.concrete_float(rate)
+
+
+def spatial_dropout(
+    key: jax.Array, x: jax.Array, *, rate: float | jax.Array, channel_axis: int = -1
+) -> jax.Array:
+  """Drops whole feature maps: one keep/drop draw per example and channel.
+
+  The mask is shared over every axis but the batch (0) and ``channel_axis``: ``-1`` for
+  NHWC/NWC/NDHWC, ``1`` for NCHW. Equivalent to :func:`dropout` with those
+  ``broadcast_dims`` (inverted, ``E[y] = x``).
+
+  References:
+    Tompson et al., "Efficient Object Localization Using Convolutional Networks", 2015.
+  """
+  fn = "jaxnorm.functional.spatial_dropout"
+  x = _checks.ensure_floating(x, name="x", fn=fn)
+  (channel,) = _checks.canonical_axes(channel_axis, x.shape, name="channel_axis", fn=fn)
+  if channel == 0 or x.ndim < 3:
+    raise ValueError(f"{fn}: x must be (N, ..., C) or (N, C, ...) with spatial axes and "
+                     f"channel_axis must not be 0; got x.shape={tuple(x.shape)}, "
+                     f"channel_axis={channel_axis}.")
+  dims = tuple(a for a in range(1, x.ndim) if a != channel)
+  return dropout(key, x, rate=rate, broadcast_dims=dims)
+
+
+def drop_path(
+    key: jax.Array, x: jax.Array, *, rate: float | jax.Array, mode: str = "row"
+) -> jax.Array:
+  r"""Stochastic depth: drop a residual branch, per example or for the whole batch.
+
+  Use as ``x + drop_path(key, branch(x), rate=p)``. In ``"row"`` mode each example's
+  branch is kept with probability :math:`1-p` and scaled by :math:`1/(1-p)`; in
+  ``"batch"`` mode one draw decides for the whole batch.
+
+  References:
+    Huang et al., "Deep Networks with Stochastic Depth", ECCV 2016.
+  """
+  fn = "jaxnorm.functional.drop_path"
+  if mode not in ("row", "batch"):
+    raise ValueError(f"{fn}: mode must be 'row' (per example) or 'batch'; got {mode!r}.")
+  x = _checks.ensure_floating(x, name="x", fn=fn)
+  dims = tuple(range(1, x.ndim)) if mode == "row" else tuple(range(x.ndim))
+  return dropout(key, x, rate=rate, broadcast_dims=dims) if dims else dropout(
+      key, x, rate=rate)
+
+
+def drop_path_rates(num_layers: int, max_rate: float) -> list[float]:
+  """Linearly increasing stochastic-depth rates ``max_rate * l / (L - 1)`` for ``l < L``.
+
+  The first block is never dropped and the last with ``max_rate`` (Huang et al.'s
+  linear decay rule, as used by timm and DeiT).
+  """
+  _checks.check_in_unit_interval(max_rate, name="max_rate",
+                                 fn="jaxnorm.functional.drop_path_rates")
+  if num_layers < 1:
+    raise ValueError(f"jaxnorm.functional.drop_path_rates: num_layers must be >= 1; got "
+                     f"{num_layers}.")
+  if num_layers == 1:
+    return [0.0]
+  return [max_rate * layer / (num_layers - 1) for layer in range(num_layers)]
+
+
+#: SELU's saturation value :math:`-\lambda\alpha`.
+SELU_ALPHA_PRIME = -1.7580993408473766
+
+
+def alpha_dropout(key: jax.Array, x: jax.Array, *, rate: float | jax.Array) -> jax.Array:
+  r"""Alpha dropout: keeps zero mean and unit variance of SELU activations.
+
+  Dropped units are set to :math:`\alpha' = -\lambda\alpha`, then
+  :math:`y = a\,\tilde x + b` with :math:`q = 1 - p`,
+  :math:`a = (q + \alpha'^2 q (1 - q))^{-1/2}`, :math:`b = -a (1 - q) \alpha'`.
+
+  References:
+    Klambauer et al., "Self-Normalizing Neural Networks", NeurIPS 2017.
+  """
+  fn = "jaxnorm.functional.alpha_dropout"
+  x = _checks.ensure_floating(x, name="x", fn=fn)
+  static_rate = _static_rate(rate, fn)
+  if static_rate == 0.0:
+    return x
+  _check_key(key, fn)
+  q = 1.0 - jnp.asarray(rate, jnp.float32)
+  keep = _keep_mask(key, x.shape, q)
+  a = lax.rsqrt(q + SELU_ALPHA_PRIME ** 2 * q * (1 - q))
+  b = -a * (1 - q) * SELU_ALPHA_PRIME
+  y = jnp.where(keep, x, jnp.asarray(SELU_ALPHA_PRIME, x.dtype))
+  return (a.astype(x.dtype) * y + b.astype(x.dtype)).astype(x.dtype)
+
+
+def gaussian_dropout(key: jax.Array, x: jax.Array, *, rate: float | jax.Array) -> jax.Array:
+  r"""Multiplicative Gaussian noise with the variance of dropout at ``rate``.
+
+  .. math:: y = x \cdot n, \qquad n \sim \mathcal{N}\big(1, \tfrac{p}{1-p}\big)
+
+  ``rate`` must be < 1 (the variance diverges at 1).
+
+  References:
+    Srivastava et al., "Dropout: A Simple Way to Prevent Neural Networks from
+    Overfitting", JMLR 2014, section 10.
+  """
+  fn = "jaxnorm.functional.gaussian_dropout"
+  x = _checks.ensure_floating(x, name="x", fn=fn)
+  static_rate = _static_rate(rate, fn)
+  if static_rate == 1.0:
+    raise ValueError(f"{fn}: rate must be < 1 (the noise variance rate / (1 - rate) "
+                     "diverges); got 1.0.")
+  if static_rate == 0.0:
+    return x
+  _check_key(key, fn)
+  rate = jnp.asarray(rate, jnp.float32)
+  std = jnp.sqrt(rate / (1.0 - rate))
+  noise = 1.0 + std * jax.random.normal(key, x.shape, jnp.float32)
+  return (x * noise.astype(x.dtype)).astype(x.dtype)
+
+
+def classic_dropout(
+    key: jax.Array | None, x: jax.Array, *, rate: float | jax.Array, train: bool
+) -> jax.Array:
+  r"""Non-inverted dropout, as in the original paper and many course notes.
+
+  Training: :math:`y = b \odot x` (no rescaling); inference: :math:`y = (1-p)\,x`.
+  Equivalent in expectation to the inverted :func:`dropout` (which rescales in
+  training and leaves inference alone): both give :math:`E[y_{train}] = y_{eval}`.
+  ``key`` may be ``None`` when ``train`` is False.
+  """
+  fn = "jaxnorm.functional.classic_dropout"
+  x = _checks.ensure_floating(x, name="x", fn=fn)
+  train = _checks.check_static_bool(train, name="train", fn=fn)
+  static_rate = _static_rate(rate, fn)
+  keep_prob = 1.0 - (static_rate if static_rate is not None else jnp.asarray(rate, x.dtype))
+  if not train:
+    return (x * keep_prob).astype(x.dtype)
+  if static_rate == 0.0:
+    return x
+  _check_key(key, fn)
+  keep = _keep_mask(key, x.shape, keep_prob)
+  return jnp.where(keep, x, jnp.zeros_like(x))
+
+
+def concrete_dropout(
+    key: jax.Array, x: jax.Array, *, logit: jax.Array, temperature: float = 0.1
+) -> jax.Array:
+  r"""Concrete dropout: a relaxed (differentiable) Bernoulli mask with a learned rate.
+
+  With drop probability :math:`p = \mathrm{sigmoid}(\ell)` (``logit``) and
+  :math:`u \sim U(0, 1)`:
+
+  .. math::
+    z = \mathrm{sigmoid}\Big(\frac{\log p - \log(1-p) + \log u - \log(1-u)}{t}\Big),
+    \qquad y = \frac{x\,(1 - z)}{1 - p}
+
+  Gradients flow to ``logit``; add :func:`concrete_dropout_regularizer` to the loss.
+
+  References:
+    Gal, Hron & Kendall, "Concrete Dropout", NeurIPS 2017.
+  """
+  fn = "jaxnorm.functional.concrete_dropout"
+  x = _checks.ensure_floating(x, name="x", fn=fn)
+  _checks.check_positive(temperature, name="temperature", fn=fn, hint=" 0.1 is usual.")
+  _check_key(key, fn)
+  eps = 1e-7
+  logit = jnp.asarray(logit, jnp.float32)
+  p = jax.nn.sigmoid(logit)
+  u = jax.random.uniform(key, x.shape, jnp.float32, minval=eps, maxval=1.0 - eps)
+  z = jax.nn.sigmoid((jax.nn.log_sigmoid(logit) - jax.nn.log_sigmoid(-logit)
+                      + jnp.log(u) - jnp.log1p(-u)) / temperature)
+  return (x.astype(jnp.float32) * (1.0 - z) / (1.0 - p)).astype(x.dtype)
+
+
+def concrete_dropout_regularizer(
+    logit: jax.Array, *, input_dim: int, weight_sq_norm: jax.Array,
+    weight_regularizer: float, dropout_regularizer: float,
+) -> jax.Array:
+  r"""Concrete dropout's regularizer for the layer after the dropout.
+
+  .. math::
+    R = \lambda_w \frac{\lVert W \rVert^2}{1 - p}
+      + \lambda_p\, K \big(p \log p + (1 - p) \log (1 - p)\big)
+
+  with :math:`p = \mathrm{sigmoid}(\ell)`, :math:`K` = ``input_dim``,
+  :math:`\lambda_w` = ``weight_regularizer`` (:math:`l^2 / N`),
+  :math:`\lambda_p` = ``dropout_regularizer`` (:math:`2 / N`). The second term is a
+  negative entropy: minimizing it pushes :math:`p` towards 0.5 unless the data says
+  otherwise.
+  """
+  logit = jnp.asarray(logit, jnp.float32)
+  p = jax.nn.sigmoid(logit)
+  negative_entropy = p * jax.nn.log_sigmoid(logit) + (1 - p) * jax.nn.log_sigmoid(-logit)
+  return (weight_regularizer * weight_sq_norm / (1 - p)
+          + dropout_regularizer * input_dim * negative_entropy)
+
+
+def r_drop_loss(logits_a: jax.Array, logits_b: jax.Array) -> jax.Array:
+  r"""R-Drop's consistency loss: symmetric KL between two dropout passes.
+
+  .. math::
+    \frac{1}{2}\big(\mathrm{KL}(P_a \Vert P_b) + \mathrm{KL}(P_b \Vert P_a)\big)
+
+  averaged over the batch, with :math:`P = \mathrm{softmax}` of the logits (last axis).
+  Add ``alpha * r_drop_loss(...)`` to the cross-entropy of both passes.
+
+  References:
+    Liang et al., "R-Drop: Regularized Dropout for Neural Networks", NeurIPS 2021.
+  """
+  log_a = jax.nn.log_softmax(logits_a.astype(jnp.float32), axis=-1)
+  log_b = jax.nn.log_softmax(logits_b.astype(jnp.float32), axis=-1)
+  kl_ab = jnp.sum(jnp.exp(log_a) * (log_a - log_b), axis=-1)
+  kl_ba = jnp.sum(jnp.exp(log_b) * (log_b - log_a), axis=-1)
+  return 0.5 * jnp.mean(kl_ab + kl_ba)
