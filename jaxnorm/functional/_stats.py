@@ -38,12 +38,17 @@ _SUBSAMPLE_SIZE = 64
 
 
 def _subsample_slices(shape, axes) -> tuple[slice, ...]:
-  """Strided slices picking about ``_SUBSAMPLE_SIZE`` positions spread over ``axes``."""
+  """Slices picking about ``_SUBSAMPLE_SIZE`` positions over ``axes``.
+
+  Spread out (strided) along outer axes; contiguous along the last (minor) axis, where
+  a stride would touch every cache line and cost a full read of ``x``.
+  """
   slices = [slice(None)] * len(shape)
   budget = _SUBSAMPLE_SIZE
   for a in sorted(axes, key=lambda a: -shape[a]):
     take = max(1, min(shape[a], budget))
-    slices[a] = slice(0, shape[a], -(-shape[a] // take))
+    step = 1 if a == len(shape) - 1 else -(-shape[a] // take)
+    slices[a] = slice(0, step * take, step)
     budget = max(1, budget // take)
   return tuple(slices)
 

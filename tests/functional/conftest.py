@@ -189,6 +189,203 @@ def _as_jax64(a):
   return jnp.asarray(arr.astype(np.float64))
 
 
+# --------------------------------------------------------------------------------------
+# References for the normalization family (group/instance/RMS norm, batch renorm, ghost
+# batch norm, switchable norm, EvoNorm). Same rules as above: float64 NumPy, two-pass
+# statistics over the valid elements only, written from the papers' formulas.
+
+
+def _affine64(y, scale, bias, pshape):
+  if scale is not None:
+    s = to64(scale)
+    y = y * (s.reshape(pshape) if s.ndim != y.ndim else s)
+  if bias is not None:
+    b = to64(bias)
+    y = y + (b.reshape(pshape) if b.ndim != y.ndim else b)
+  return y
+
+
+def _ema64(stats, batch_mean, batch_var, seen, momentum):
+  old_mean, old_var = to64(stats[0]), to64(stats[1])
+  new_mean = np.where(seen, momentum * old_mean + (1 - momentum) * batch_mean, old_mean)
+  new_var = np.where(seen, momentum * old_var + (1 - momentum) * batch_var, old_var)
+  return new_mean, new_var
+
+
+def ref_group_norm(x, scale, bias, *, num_groups=None, group_size=None,
+                   reduction_axes=None, epsilon=1e-6, mask=None):
+  """Float64 group norm, one channel group at a time (channels last)."""
+  x = to64(x)
+  channels = x.shape[-1]
+  size = group_size if group_size is not None else channels // num_groups
+  axes = (tuple(range(1, x.ndim)) if reduction_axes is None
+          else canonical_axes(reduction_axes, x.ndim))
+  assert x.ndim - 1 in axes
+  m = broadcast_mask(mask, x.shape)
+  y = np.empty_like(x)
+  for start in range(0, channels, size):
+    cols = (Ellipsis, slice(start, start + size))
+    mean, var = ref_moments(x[cols], axes, m[cols], keepdims=True)
+    y[cols] = (x[cols] - mean) / np.sqrt(var + epsilon)
+  return _affine64(y, scale, bias, (1,) * (x.ndim - 1) + (channels,))
+
+
+def ref_instance_norm(x, scale, bias, *, axis=-1, epsilon=1e-6, mask=None):
+  """Float64 instance norm: per example and channel over every other axis."""
+  x = to64(x)
+  feature_axes = canonical_axes(axis, x.ndim)
+  reduce_axes = tuple(a for a in range(1, x.ndim) if a not in feature_axes)
+  mean, var = ref_moments(x, reduce_axes, mask, keepdims=True)
+  y = (x - mean) / np.sqrt(var + epsilon)
+  return _affine64(y, scale, bias, param_shape(x.shape, feature_axes))
+
+
+def ref_rms_norm(x, scale, *, axis=-1, epsilon=1e-6, mask=None):
+  """Float64 RMS norm: ``x / sqrt(mean of valid x^2 + eps) * scale``."""
+  x = to64(x)
+  axes = canonical_axes(axis, x.ndim)
+  m = broadcast_mask(mask, x.shape)
+  count = np.maximum(m.sum(axis=axes, keepdims=True), 1)
+  mean_square = np.where(m, x * x, 0.0).sum(axis=axes, keepdims=True) / count
+  return _affine64(x / np.sqrt(mean_square + epsilon), scale, None,
+                   param_shape(x.shape, axes))
+
+
+def ref_batch_renorm(x, scale, bias, stats, *, train, r_max, d_max, warmup_steps=0,
+                     momentum=0.99, epsilon=1e-5, axis=-1, mask=None):
+  """Float64 batch renorm (Ioffe 2017); ``r_max``/``d_max`` are numbers at this step.
+
+  Returns ``(y, (new_mean, new_var, new_step), (r_raw, d_raw))`` where ``r_raw`` and
+  ``d_raw`` are the unclipped corrections (feature-shaped; None in evaluation).
+  """
+  x = to64(x)
+  feature_axes = canonical_axes(axis, x.ndim)
+  reduce_axes = tuple(a for a in range(x.ndim) if a not in feature_axes)
+  pshape = param_shape(x.shape, feature_axes)
+  fshape = tuple(x.shape[a] for a in feature_axes)
+  run_mean, run_var, step = to64(stats[0]), to64(stats[1]), int(np.asarray(stats[2]))
+  sigma = np.sqrt(run_var.reshape(pshape) + epsilon)
+  if not train:
+    y = (x - run_mean.reshape(pshape)) / sigma
+    return _affine64(y, scale, bias, pshape), (run_mean, run_var, step), (None, None)
+  mean, var = ref_moments(x, reduce_axes, mask, keepdims=True)
+  sigma_batch = np.sqrt(var + epsilon)
+  r_raw = sigma_batch / sigma
+  d_raw = (mean - run_mean.reshape(pshape)) / sigma
+  if step < warmup_steps:
+    r, d = np.ones_like(r_raw), np.zeros_like(d_raw)
+  else:
+    r = np.clip(r_raw, 1.0 / r_max, r_max)
+    d = np.clip(d_raw, -d_max, d_max)
+  y = _affine64((x - mean) / sigma_batch * r + d, scale, bias, pshape)
+  seen = broadcast_mask(mask, x.shape).sum(axis=reduce_axes).reshape(fshape) > 0
+  new_mean, new_var = _ema64(stats, mean.reshape(fshape), var.reshape(fshape), seen,
+                             momentum)
+  return y, (new_mean, new_var, step + 1), (r_raw.reshape(fshape), d_raw.reshape(fshape))
+
+
+def ref_ghost_batch_norm(x, scale, bias, stats, *, virtual_batch_size, train,
+                         momentum=0.99, epsilon=1e-5, axis=-1, mask=None):
+  """Float64 ghost batch norm: each virtual batch on its own, EMA with the full batch.
+
+  The running statistics are updated with the mean and biased variance of all valid
+  elements of the whole batch (computed directly, not merged from the ghosts).
+  """
+  x = to64(x)
+  if not train:
+    return ref_batch_norm(x, scale, bias, stats, train=False, epsilon=epsilon, axis=axis)
+  feature_axes = canonical_axes(axis, x.ndim)
+  reduce_axes = tuple(a for a in range(x.ndim) if a not in feature_axes)
+  pshape = param_shape(x.shape, feature_axes)
+  fshape = tuple(x.shape[a] for a in feature_axes)
+  m = broadcast_mask(mask, x.shape)
+  y = np.empty_like(x)
+  for start in range(0, x.shape[0], virtual_batch_size):
+    rows = slice(start, start + virtual_batch_size)
+    mean, var = ref_moments(x[rows], reduce_axes, m[rows], keepdims=True)
+    y[rows] = (x[rows] - mean) / np.sqrt(var + epsilon)
+  y = _affine64(y, scale, bias, pshape)
+  if stats is None:
+    return y, None
+  mean, var = ref_moments(x, reduce_axes, m)
+  seen = m.sum(axis=reduce_axes) > 0
+  return y, _ema64(stats, mean.reshape(fshape), var.reshape(fshape), seen.reshape(fshape),
+                   momentum)
+
+
+def softmax64(logits):
+  logits = to64(logits)
+  e = np.exp(logits - logits.max())
+  return e / e.sum()
+
+
+def ref_switch_norm(x, scale, bias, mean_weights, var_weights, stats, *, train,
+                    momentum=0.99, epsilon=1e-5, mask=None):
+  """Float64 switchable norm (N, ..., C): softmax mixture of IN, LN and BN statistics.
+
+  Each statistic is computed directly from the valid elements of ``x``.
+  """
+  x = to64(x)
+  spatial = tuple(range(1, x.ndim - 1))
+  channels = x.shape[-1]
+  m = broadcast_mask(mask, x.shape)
+  in_mean, in_var = ref_moments(x, spatial, m, keepdims=True)
+  ln_mean, ln_var = ref_moments(x, tuple(range(1, x.ndim)), m, keepdims=True)
+  bn_axes = tuple(range(x.ndim - 1))
+  if train:
+    bn_mean, bn_var = ref_moments(x, bn_axes, m, keepdims=True)
+    seen = m.sum(axis=bn_axes) > 0
+    new_stats = _ema64(stats, bn_mean.reshape(channels), bn_var.reshape(channels), seen,
+                       momentum)
+  else:
+    bn_mean = to64(stats[0]).reshape((1,) * (x.ndim - 1) + (channels,))
+    bn_var = to64(stats[1]).reshape(bn_mean.shape)
+    new_stats = (to64(stats[0]), to64(stats[1]))
+  wm, wv = softmax64(mean_weights), softmax64(var_weights)
+  mean = wm[0] * in_mean + wm[1] * ln_mean + wm[2] * bn_mean
+  var = wv[0] * in_var + wv[1] * ln_var + wv[2] * bn_var
+  y = (x - mean) / np.sqrt(var + epsilon)
+  return _affine64(y, scale, bias, (1,) * (x.ndim - 1) + (channels,)), new_stats
+
+
+def ref_evonorm_b0(x, scale, bias, v, stats, *, train, momentum=0.99, epsilon=1e-5,
+                   mask=None):
+  """Float64 EvoNorm-B0: ``x / max(sqrt(var_B + eps), v x + sqrt(var_I + eps))``."""
+  x = to64(x)
+  channels = x.shape[-1]
+  m = broadcast_mask(mask, x.shape)
+  _, in_var = ref_moments(x, tuple(range(1, x.ndim - 1)), m, keepdims=True)
+  bn_axes = tuple(range(x.ndim - 1))
+  if train:
+    bn_mean, bn_var = ref_moments(x, bn_axes, m, keepdims=True)
+    seen = m.sum(axis=bn_axes) > 0
+    new_stats = _ema64(stats, bn_mean.reshape(channels), bn_var.reshape(channels), seen,
+                       momentum)
+  else:
+    bn_var = to64(stats[1]).reshape((1,) * (x.ndim - 1) + (channels,))
+    new_stats = (to64(stats[0]), to64(stats[1]))
+  denominator = np.maximum(np.sqrt(bn_var + epsilon), to64(v) * x + np.sqrt(in_var + epsilon))
+  return _affine64(x / denominator, scale, bias, (1,) * (x.ndim - 1) + (channels,)), \
+      new_stats
+
+
+def ref_evonorm_s0(x, scale, bias, v, *, num_groups=None, group_size=None, epsilon=1e-5,
+                   mask=None):
+  """Float64 EvoNorm-S0: ``x sigmoid(v x) / sqrt(var_G + eps)``, groups of channels."""
+  x = to64(x)
+  channels = x.shape[-1]
+  size = group_size if group_size is not None else channels // num_groups
+  m = broadcast_mask(mask, x.shape)
+  std = np.empty_like(x)
+  for start in range(0, channels, size):
+    cols = (Ellipsis, slice(start, start + size))
+    _, var = ref_moments(x[cols], tuple(range(1, x.ndim)), m[cols], keepdims=True)
+    std[cols] = np.sqrt(var + epsilon)
+  sigmoid = 0.5 * (1.0 + np.tanh(0.5 * to64(v) * x))  # no overflow for large |x|
+  y = x * sigmoid / std
+  return _affine64(y, scale, bias, (1,) * (x.ndim - 1) + (channels,))
+
+
 @pytest.fixture(scope="session")
 def ref():
   """The float64 references and comparison helpers, as one namespace."""
@@ -210,4 +407,13 @@ def ref():
       grad64=grad64,
       hessian64=hessian64,
       call64=call64,
+      group_norm=ref_group_norm,
+      instance_norm=ref_instance_norm,
+      rms_norm=ref_rms_norm,
+      batch_renorm=ref_batch_renorm,
+      ghost_batch_norm=ref_ghost_batch_norm,
+      softmax=softmax64,
+      switch_norm=ref_switch_norm,
+      evonorm_b0=ref_evonorm_b0,
+      evonorm_s0=ref_evonorm_s0,
   )

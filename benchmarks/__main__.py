@@ -1,0 +1,55 @@
+"""``python -m benchmarks [--quick] [--json FILE] [--markdown FILE] [--no-torch]``.
+
+Benchmarks jaxnorm's layers against flax.linen's built-ins (and PyTorch on the CPU when
+it is installed) in one run, as ratios, plus the memory floor, compiled temporary
+memory and the end-to-end seed-mlp training. Prints a table; writes JSON and markdown
+when asked (the committed benchmarks/RESULTS.md comes from a full run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+from benchmarks import end_to_end, layers, report
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+  parser.add_argument("--quick", action="store_true",
+                      help="small shape, float32, few repeats: a smoke run")
+  parser.add_argument("--json", default=None, help="write the results as JSON here")
+  parser.add_argument("--markdown", default=None, help="write the report (RESULTS.md) here")
+  parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
+  args = parser.parse_args(argv)
+
+  torch = None
+  if not args.no_torch:
+    try:
+      import torch  # pylint: disable=import-outside-toplevel
+    except ImportError:
+      print("PyTorch is not installed: its columns are left empty "
+            "(pip install torch==2.13.0 for the CPU build).")
+  machine = report.describe_machine(torch)
+  print(report.machine_markdown(machine))
+  print("\nLayers (median times; ratios > 1 mean jaxnorm is faster):")
+  rows = layers.run(args.quick, torch)
+  print("\nEnd to end (seed-mlp):")
+  e2e = end_to_end.run(args.quick, torch)
+  text = report.markdown(machine, rows, e2e, quick=args.quick)
+  print("\n" + text)
+  if args.markdown:
+    with open(args.markdown, "w", encoding="utf-8") as handle:
+      handle.write(text + "\n")
+  if args.json:
+    with open(args.json, "w", encoding="utf-8") as handle:
+      json.dump({"machine": machine, "quick": args.quick,
+                 "layers": [dict(dataclasses.asdict(r), passes=r.passes) for r in rows],
+                 "end_to_end": dataclasses.asdict(e2e)}, handle, indent=2)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

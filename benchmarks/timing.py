@@ -1,0 +1,40 @@
+"""Timing helpers: compiled functions, warm-up excluded, interleaved repeats, medians."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Mapping
+
+import jax
+
+
+def interleaved_medians(candidates: Mapping[str, Callable[[], object]], repeats: int,
+                        warmup: int = 2) -> dict[str, float]:
+  """Median seconds per call of each candidate, run in turn so drifts hit all alike.
+
+  Each candidate is a no-argument callable that runs the work and blocks until it is
+  done (``jax.block_until_ready`` for JAX; PyTorch CPU calls are synchronous). The
+  first ``warmup`` rounds (compilation, caches) are not counted.
+  """
+  samples: dict[str, list[float]] = {name: [] for name in candidates}
+  for round_index in range(warmup + repeats):
+    for name, run in candidates.items():
+      start = time.perf_counter()
+      run()
+      elapsed = time.perf_counter() - start
+      if round_index >= warmup:
+        samples[name].append(elapsed)
+  return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def jax_runner(fn, *args) -> Callable[[], object]:
+  """A callable that runs the jitted ``fn(*args)`` and blocks on the result."""
+  compiled = jax.jit(fn)
+  return lambda: jax.block_until_ready(compiled(*args))
+
+
+def temp_bytes(fn, *args) -> int | None:
+  """Compiled temporary memory of ``jax.jit(fn)(*args)`` (XLA's memory analysis)."""
+  analysis = jax.jit(fn).lower(*args).compile().memory_analysis()
+  return None if analysis is None else int(analysis.temp_size_in_bytes)
