@@ -118,20 +118,18 @@ def _merge_across_devices(count, mean, m2, axis_name, axis_index_groups):
 
 
 class Moments(NamedTuple):
-  """Statistics with kept dims: ``mean = shift + delta`` (kept apart for precision).
+  """Statistics with kept dims; ``x - mean`` is computed as ``(x - shift) - delta``.
 
-  ``x - mean`` is computed as ``(x - shift) - delta``: ``shift`` is close to ``x`` and
-  ``delta`` is small, so no rounding of a large mean enters the normalized values.
+  ``shift`` is close to ``x`` and ``delta = mean - shift`` is small, so no rounding of
+  a large mean enters the normalized values. ``mean`` is the mean itself (identical on
+  every device after a cross-device merge).
   """
 
   shift: jax.Array
   delta: jax.Array
+  mean: jax.Array
   var: jax.Array
   count: jax.Array
-
-  @property
-  def mean(self) -> jax.Array:
-    return self.shift + self.delta
 
   def centre(self, x: jax.Array) -> jax.Array:
     """``x - mean`` in the statistics' dtype."""
@@ -151,6 +149,54 @@ def _psum(value, axis_name, axis_index_groups):
         "(XLA inserts the collectives).") from error
 
 
+def centred_moments(
+    x: jax.Array,
+    axes: tuple[int, ...],
+    mask: jax.Array | None,
+    axis_name: Any = None,
+    axis_index_groups: Any = None,
+    center: bool = True,
+) -> tuple[jax.Array, Moments]:
+  """``(c, stats)`` with ``c = x - stats.shift`` in the statistics' dtype.
+
+  One pass over ``x`` with a per-group shift ``k`` (see :func:`_reference_point`):
+  ``mean = k + S1 / n`` and ``M2 = S2 - S1^2 / n`` with ``S1 = sum(c)``,
+  ``S2 = sum(c^2)``, ``c = x - k``, over valid elements; ``var = max(M2, 0) / n``. All
+  in at least float32; groups with no valid element give mean 0 and variance 0. With
+  ``center=False`` the moments are about zero (``c = x``, mean 0, ``var = mean(x^2)``,
+  as RMS norm needs).
+
+  ``c`` is returned so that callers normalize (and differentiate) from it: XLA:CPU's
+  fast reductions take no broadcast operand, so reducing ``c`` (written once) is
+  cheaper than reducing ``x - k`` in several places.
+  """
+  dtype = compute_dtype(x.dtype)
+  if center:
+    shift = lax.stop_gradient(_reference_point(x, axes, mask))
+    centred = x.astype(dtype) - shift
+  else:
+    centred = x.astype(dtype)
+  valid = centred if mask is None else jnp.where(mask, centred, 0)
+  count = _valid_count(x.shape, axes, mask, dtype)
+  s1 = jnp.sum(valid, axis=axes, keepdims=True)
+  s2 = jnp.sum(jnp.square(valid), axis=axes, keepdims=True)
+  if not center:
+    if axis_name is not None:
+      count, s2 = _psum((jnp.broadcast_to(count, s2.shape), s2), axis_name,
+                        axis_index_groups)
+    zeros = jnp.zeros_like(s2)
+    count = jnp.broadcast_to(count, s2.shape)
+    return centred, Moments(zeros, zeros, zeros, s2 / jnp.maximum(count, 1), count)
+  delta = s1 / jnp.maximum(count, 1)
+  m2 = jnp.maximum(s2 - s1 * delta, 0)
+  mean = shift + delta
+  if axis_name is not None:
+    count, mean, m2 = _merge_across_devices(count, mean, m2, axis_name, axis_index_groups)
+    delta = mean - shift  # the global mean relative to this device's shift: c stays valid
+  count = jnp.broadcast_to(count, delta.shape)
+  return centred, Moments(shift, delta, mean, m2 / jnp.maximum(count, 1), count)
+
+
 def masked_moments(
     x: jax.Array,
     axes: tuple[int, ...],
@@ -159,43 +205,9 @@ def masked_moments(
     axis_index_groups: Any = None,
     center: bool = True,
 ) -> Moments:
-  """Core of :func:`moments` on validated input, with kept dims.
-
-  One pass over ``x`` with a per-group shift ``k`` (see :func:`_reference_point`):
-  ``mean = k + S1 / n`` and ``M2 = S2 - S1^2 / n`` with ``S1 = sum(x - k)``,
-  ``S2 = sum((x - k)^2)`` over valid elements; ``var = max(M2, 0) / n``. All in at
-  least float32; groups with no valid element give mean 0 and variance 0. With
-  ``center=False`` the moments are about zero (mean 0, ``var = mean(x^2)``, as RMS norm
-  needs).
-  """
-  dtype = compute_dtype(x.dtype)
-  if not center:
-    squares = jnp.square(x.astype(dtype))
-    if mask is not None:
-      squares = jnp.where(mask, squares, 0)
-    count = _valid_count(x.shape, axes, mask, dtype)
-    total = jnp.sum(squares, axis=axes, keepdims=True)
-    if axis_name is not None:
-      count, total = _psum((jnp.broadcast_to(count, total.shape), total), axis_name,
-                           axis_index_groups)
-    zeros = jnp.zeros_like(total)
-    count = jnp.broadcast_to(count, total.shape)
-    return Moments(zeros, zeros, total / jnp.maximum(count, 1), count)
-  shift = lax.stop_gradient(_reference_point(x, axes, mask))
-  centred = x.astype(dtype) - shift
-  if mask is not None:
-    centred = jnp.where(mask, centred, 0)
-  count = _valid_count(x.shape, axes, mask, dtype)
-  s1 = jnp.sum(centred, axis=axes, keepdims=True)
-  s2 = jnp.sum(jnp.square(centred), axis=axes, keepdims=True)
-  delta = s1 / jnp.maximum(count, 1)
-  m2 = jnp.maximum(s2 - s1 * delta, 0)
-  if axis_name is not None:
-    count, mean, m2 = _merge_across_devices(count, shift + delta, m2, axis_name,
-                                            axis_index_groups)
-    shift, delta = mean, jnp.zeros_like(mean)
-  count = jnp.broadcast_to(count, delta.shape)
-  return Moments(shift, delta, m2 / jnp.maximum(count, 1), count)
+  """Core of :func:`moments` on validated input, with kept dims (see
+  :func:`centred_moments`)."""
+  return centred_moments(x, axes, mask, axis_name, axis_index_groups, center)[1]
 
 
 def moments(

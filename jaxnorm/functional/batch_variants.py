@@ -29,13 +29,18 @@ class BatchRenormStats(NamedTuple):
 
 
 def _limit_at(limit: Limit, step, name: str, lowest: float, fn: str, hint: str):
-  """Evaluates a constant or schedule limit, checking it when it is concrete."""
+  """Evaluates a constant or schedule limit at ``step``, checking it when concrete.
+
+  A schedule evaluated at a traced step (under ``jax.jit``) is checked at step 0.
+  """
   value = limit(step) if callable(limit) else limit
-  probe = limit(0) if callable(limit) else limit
-  concrete = _checks.concrete_float(probe)
+  concrete = _checks.concrete_float(value)
+  step_value = _checks.concrete_float(step)
+  where = f" at step {int(step_value)}" if callable(limit) and step_value is not None else ""
+  if concrete is None and callable(limit):
+    concrete, where = _checks.concrete_float(limit(0)), " at step 0"
   if concrete is not None and concrete < lowest:
-    raise ValueError(f"{fn}: {name} must be >= {lowest:g}{' at every step' if callable(limit) else ''}"
-                     f"; got {concrete!r}.{hint}")
+    raise ValueError(f"{fn}: {name} must be >= {lowest:g}; got {concrete!r}{where}.{hint}")
   return value
 
 

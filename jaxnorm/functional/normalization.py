@@ -18,7 +18,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxnorm import _checks
-from jaxnorm.functional._stats import BatchStats, compute_dtype, masked_moments
+from jaxnorm.functional._stats import (
+    BatchStats, centred_moments, compute_dtype, masked_moments)
 
 
 def _sum_to_shape(t: jax.Array, shape: tuple[int, ...]) -> jax.Array:
@@ -72,11 +73,14 @@ def _normalize(x, scale, bias, mask, reduce_axes, epsilon, axis_name=None,
 
 def _normalize_fwd(x, scale, bias, mask, reduce_axes, epsilon, axis_name=None,
                    axis_index_groups=None, center=True):
-  stats = masked_moments(x, reduce_axes, mask, axis_name, axis_index_groups, center)
+  centred, stats = centred_moments(x, reduce_axes, mask, axis_name, axis_index_groups,
+                                   center)
   rstd = lax.rsqrt(stats.var + epsilon)
-  y = _standardize_affine(stats.centre(x), rstd, scale, bias).astype(x.dtype)
-  # Residuals: x itself (already alive in the caller) plus per-group vectors.
-  residuals = (x, scale, bias, mask, stats.shift, stats.delta, rstd, stats.count)
+  y = _standardize_affine(centred - stats.delta, rstd, scale, bias).astype(x.dtype)
+  # Residuals: c = x - shift (one array of x's size, in x's dtype when x is narrower than
+  # the statistics) plus per-group vectors. x itself is not kept.
+  residuals = (centred.astype(x.dtype) if jnp.dtype(x.dtype).itemsize < 4 else centred,
+               scale, bias, mask, stats.delta, rstd, stats.count)
   return (y, stats.mean, stats.var, stats.count), residuals
 
 
@@ -93,38 +97,44 @@ def _normalize_bwd(reduce_axes, epsilon, axis_name, axis_index_groups, center, r
     \frac{\partial L}{\partial \gamma} = \sum \frac{\partial L}{\partial y}\hat x,\quad
     \frac{\partial L}{\partial \beta} = \sum \frac{\partial L}{\partial y}
 
-  Without centering (``center=False``) the :math:`\sum g` term is absent. The
-  statistics outputs leave the public functions through ``stop_gradient``, so their
-  cotangents are zero and are not used.
+  The sums run over all positions (outputs at masked positions depend on the
+  statistics too). :math:`\sum g \hat x` is computed as
+  :math:`\frac{1}{\sigma}(\sum g c - \delta \sum g)` from the residual
+  :math:`c = x - k` (:math:`\mu = k + \delta`), so the reductions read only
+  ``dy`` and ``c`` with no per-feature broadcast. Without centering
+  (``center=False``) the :math:`\sum g` term is absent. The statistics outputs leave the
+  public functions through ``stop_gradient``, so their cotangents are zero and unused.
   """
   del epsilon
-  x, scale, bias, mask, shift, delta, rstd, count = residuals
-  dy = cotangents[0].astype(rstd.dtype)
-  xhat = ((x.astype(rstd.dtype) - shift) - delta) * rstd
+  centred, scale, bias, mask, delta, rstd, count = residuals
+  dtype = rstd.dtype
+  dy = cotangents[0].astype(dtype)
+  c = centred.astype(dtype)
 
   def reduce(t):
     return jnp.sum(t, axis=reduce_axes, keepdims=True)
 
-  # When scale is constant over the reduced axes (batch norm), one pair of reductions
-  # serves dx, dscale and dbias; otherwise (layer norm) dscale and dbias reduce over the
-  # other axes.
-  g = dy if scale is None else dy * scale
-  if _constant_over(scale, reduce_axes):
-    sum_dy, dy_xhat = reduce(dy), reduce(dy * xhat)
+  if _constant_over(scale, reduce_axes):  # batch norm: one pair of reductions for all
+    sum_dy = reduce(dy)
+    dy_xhat = rstd * (reduce(dy * c) - delta * sum_dy)  # sum(dy * x-hat)
     sum_g, sum_g_xhat = ((sum_dy, dy_xhat) if scale is None
                          else (sum_dy * scale, dy_xhat * scale))
-  else:
-    sum_dy, dy_xhat = None, dy * xhat
-    sum_g, sum_g_xhat = reduce(g), reduce(g * xhat)
+    g = dy if scale is None else dy * scale
+  else:  # layer norm: dscale and dbias reduce over the other axes
+    g = dy * scale
+    sum_g = reduce(g)
+    sum_g_xhat = rstd * (reduce(g * c) - delta * sum_g)
+    sum_dy, dy_xhat = None, dy * ((c - delta) * rstd)
   if axis_name is not None:
     sum_g, sum_g_xhat = lax.psum(
         (sum_g, sum_g_xhat), axis_name, axis_index_groups=axis_index_groups)
 
   inv_m = 1.0 / jnp.maximum(count, 1)
+  xhat = (c - delta) * rstd
   correction = -rstd * inv_m * ((sum_g if center else 0.0) + xhat * sum_g_xhat)
   if mask is not None:
     correction = jnp.where(mask, correction, 0)
-  dx = (rstd * g + correction).astype(x.dtype)
+  dx = rstd * g + correction
 
   dscale = None if scale is None else _cotangent_like(
       _sum_to_shape(dy_xhat, scale.shape), scale)
@@ -134,7 +144,7 @@ def _normalize_bwd(reduce_axes, epsilon, axis_name, axis_index_groups, center, r
     if sum_dy is None or not _constant_over(bias, reduce_axes):
       sum_dy = dy  # _sum_to_shape reduces it to the bias's shape
     dbias = _cotangent_like(_sum_to_shape(sum_dy, bias.shape), bias)
-  return _cotangent_like(dx, x), dscale, dbias, None
+  return _cotangent_like(dx, centred), dscale, dbias, None
 
 
 _normalize.defvjp(_normalize_fwd, _normalize_bwd)

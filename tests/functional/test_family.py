@@ -791,6 +791,20 @@ def test_batch_renorm_hand_computed_single_feature(ref):
   assert int(new.step) == 1
 
 
+@pytest.mark.parametrize("epsilon", [1e-5, 0.5])
+def test_batch_renorm_unclipped_normalizes_with_running_statistics(ref, epsilon):
+  # With r and d inside their ranges, (x - mu_B) / sigma_B * r + d = (x - mu) / sigma:
+  # training output is the running-statistics normalization (epsilon inside sigma and
+  # sigma_B alike), computed here without any batch statistic.
+  x, scale, bias, stats = _renorm_data(seed=95)
+  y, _ = F.batch_renorm(x, scale, bias, stats, train=True, r_max=1e3, d_max=1e3,
+                        epsilon=epsilon)
+  x64 = x.astype(np.float64)
+  expected = ((x64 - stats.mean) / np.sqrt(stats.var.astype(np.float64) + epsilon)
+              * scale + bias)
+  _close(ref, y, expected, ref.FLOAT32_TOL, layer="batch_renorm", kind="y")
+
+
 @pytest.mark.parametrize("step", [0, 3, 10, 25])
 def test_batch_renorm_linear_schedules(ref, step):
   x, scale, bias, stats = _renorm_data(seed=91)
@@ -874,7 +888,7 @@ def test_ghost_batch_norm_pooled_statistics_are_the_full_batch_moments(ref):
   # momentum = 0: the new running statistics are the pooled ones themselves. Virtual
   # batches with very different means make a mean of ghost variances visibly wrong.
   x = _normal(100, (8, 3, 4), loc=0.0, scale=1.0)
-  x += 30.0 * np.arange(4)[:, None, None, None].repeat(2, 0).reshape(8, 1, 1, 1)
+  x += 30.0 * np.arange(4).repeat(2).reshape(8, 1, 1)
   x += 1e3  # shifted data too
   stats = _running(101, 4)
   _, new = F.ghost_batch_norm(x, None, None, stats, virtual_batch_size=2, train=True,
@@ -1053,6 +1067,33 @@ def test_evonorm_s0_groups(ref, kwargs):
 
 
 # --------------------------------------------------------------------------------------
+# Running statistics of a feature without any valid value this batch are kept.
+
+_STAT_LAYERS = {
+    "batch_renorm": lambda x, m, s: F.batch_renorm(
+        x, None, None, F.BatchRenormStats(s.mean, s.var, np.int32(0)), train=True,
+        momentum=0.5, mask=m)[1],
+    "ghost_batch_norm": lambda x, m, s: F.ghost_batch_norm(
+        x, None, None, s, virtual_batch_size=2, train=True, momentum=0.5, mask=m)[1],
+    "switch_norm": lambda x, m, s: F.switch_norm(
+        x, None, None, *SWITCH_LOGITS, s, train=True, momentum=0.5, mask=m)[1],
+    "evonorm_b0": lambda x, m, s: F.evonorm_b0(
+        x, None, None, _evonorm_v(0, 6), s, train=True, momentum=0.5, mask=m)[1],
+}
+
+
+@pytest.mark.parametrize("name", list(_STAT_LAYERS))
+def test_feature_without_valid_values_keeps_running_statistics(ref, name):
+  x = _normal(145, (4, 5, 6), loc=1.0)
+  mask = SEQ_MASK & (np.arange(6) != 2)  # channel 2 is never valid
+  stats = _running(146, 6, mean_loc=3.0)
+  new = _STAT_LAYERS[name](_fill_masked(x, mask, np.nan), mask, stats)
+  _, expected = ref.batch_norm(x, None, None, stats, train=True, momentum=0.5, mask=mask)
+  _close_stats(ref, new, expected, ref.FLOAT32_TOL, layer=name)
+  assert new.mean[2] == stats.mean[2] and new.var[2] == stats.var[2]
+
+
+# --------------------------------------------------------------------------------------
 # chex variants: the layers with running statistics, with and without jit.
 
 
@@ -1138,6 +1179,14 @@ _GROUPED = {
 def test_error_groups(name, kwargs, message):
   with pytest.raises(ValueError, match=_fn_name(name) + ": " + re.escape(message)):
     _GROUPED[name](**kwargs)
+
+
+@pytest.mark.parametrize("reduction_axes", [(1,), (0, 1), (-2,)])
+def test_error_group_norm_reduction_axes_without_channels(reduction_axes):
+  with pytest.raises(ValueError, match=_fn_name("group_norm") + re.escape(
+      f": reduction_axes={reduction_axes!r} must include the last (channel) axis 2 of "
+      "x.shape=(4, 3, 6)")):
+    F.group_norm(_X, None, None, num_groups=2, reduction_axes=reduction_axes)
 
 
 @pytest.mark.parametrize("axis", [0, -3, (0, 2), (1, -3)])
