@@ -107,6 +107,7 @@ def spatial_dropout(
   """
   fn = "jaxnorm.functional.spatial_dropout"
   x = _checks.ensure_floating(x, name="x", fn=fn)
+  _static_rate(rate, fn)
   (channel,) = _checks.canonical_axes(channel_axis, x.shape, name="channel_axis", fn=fn)
   if channel == 0 or x.ndim < 3:
     raise ValueError(f"{fn}: x must be (N, ..., C) or (N, C, ...) with spatial axes and "
@@ -132,6 +133,7 @@ def drop_path(
   if mode not in ("row", "batch"):
     raise ValueError(f"{fn}: mode must be 'row' (per example) or 'batch'; got {mode!r}.")
   x = _checks.ensure_floating(x, name="x", fn=fn)
+  _static_rate(rate, fn)
   dims = tuple(range(1, x.ndim)) if mode == "row" else tuple(range(x.ndim))
   return dropout(key, x, rate=rate, broadcast_dims=dims) if dims else dropout(
       key, x, rate=rate)
@@ -172,13 +174,17 @@ def alpha_dropout(key: jax.Array, x: jax.Array, *, rate: float | jax.Array) -> j
   static_rate = _static_rate(rate, fn)
   if static_rate == 0.0:
     return x
+  if static_rate == 1.0:
+    return jnp.zeros_like(x)  # as PyTorch: nothing is kept (a would be infinite)
   _check_key(key, fn)
   q = 1.0 - jnp.asarray(rate, jnp.float32)
   keep = _keep_mask(key, x.shape, q)
-  a = lax.rsqrt(q + SELU_ALPHA_PRIME ** 2 * q * (1 - q))
-  b = -a * (1 - q) * SELU_ALPHA_PRIME
+  safe_q = jnp.where(q > 0, q, 1.0)  # a traced rate of 1 gives zeros, not NaN
+  a = lax.rsqrt(safe_q + SELU_ALPHA_PRIME ** 2 * safe_q * (1 - safe_q))
+  b = -a * (1 - safe_q) * SELU_ALPHA_PRIME
   y = jnp.where(keep, x, jnp.asarray(SELU_ALPHA_PRIME, x.dtype))
-  return (a.astype(x.dtype) * y + b.astype(x.dtype)).astype(x.dtype)
+  y = a.astype(x.dtype) * y + b.astype(x.dtype)
+  return jnp.where(q > 0, y, jnp.zeros_like(y)).astype(x.dtype)
 
 
 def gaussian_dropout(key: jax.Array, x: jax.Array, *, rate: float | jax.Array) -> jax.Array:
@@ -298,6 +304,10 @@ def r_drop_loss(logits_a: jax.Array, logits_b: jax.Array) -> jax.Array:
   """
   log_a = jax.nn.log_softmax(logits_a.astype(jnp.float32), axis=-1)
   log_b = jax.nn.log_softmax(logits_b.astype(jnp.float32), axis=-1)
-  kl_ab = jnp.sum(jnp.exp(log_a) * (log_a - log_b), axis=-1)
-  kl_ba = jnp.sum(jnp.exp(log_b) * (log_b - log_a), axis=-1)
-  return 0.5 * jnp.mean(kl_ab + kl_ba)
+
+  def kl(log_p, log_q):  # with 0 log 0 = 0, so classes masked to -inf in both are fine
+    p = jnp.exp(log_p)
+    return jnp.sum(jnp.where(p > 0, p * (log_p - jnp.where(p > 0, log_q, 0.0)), 0.0),
+                   axis=-1)
+
+  return 0.5 * jnp.mean(kl(log_a, log_b) + kl(log_b, log_a))

@@ -166,8 +166,8 @@ class DropConnectDense(nn.Module):
 class ConcreteDropoutDense(nn.Module):
   """Concrete dropout on the input of a Dense layer, with a learned drop rate.
 
-  ``params``: ``kernel``, ``bias`` (as ``nn.Dense``) and ``dropout_logit`` (the logit of
-  the drop probability). Each call sows its regularizer
+  ``params``: ``dense/kernel``, ``dense/bias`` (an ``nn.Dense`` named ``dense``) and
+  ``dropout_logit`` (the logit of the drop probability). Each call sows its regularizer
   (:func:`jaxnorm.functional.concrete_dropout_regularizer`) into the ``losses``
   collection: apply with ``mutable=['losses']`` (passing only ``params``/``batch_stats``
   as variables) and add their sum to the loss.
@@ -185,8 +185,9 @@ class ConcreteDropoutDense(nn.Module):
   @nn.compact
   def __call__(self, inputs, deterministic: bool | None = None):
     deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
-    _checks.check_in_unit_interval(self.init_rate, name="init_rate",
-                                   fn="jaxnorm.linen.ConcreteDropoutDense")
+    if not 0.0 < self.init_rate < 1.0:
+      raise ValueError(f"jaxnorm.linen.ConcreteDropoutDense: init_rate must be in the open "
+                       f"interval (0, 1) (its logit is learned); got {self.init_rate!r}.")
     init_logit = math.log(self.init_rate) - math.log1p(-self.init_rate)
     logit = self.param("dropout_logit", nn.initializers.constant(init_logit), ())
     dense = nn.Dense(self.features, name="dense")

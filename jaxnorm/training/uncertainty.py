@@ -60,8 +60,9 @@ def _stochastic_dropout(next_fun, args, kwargs, context):
   module = context.module
   if context.method_name == "__call__" and isinstance(module, DROPOUT_TYPES):
     inputs = args[0]
-    key = module.make_rng(module.rng_collection)
-    return F.dropout(key, inputs, rate=module.rate, broadcast_dims=module.broadcast_dims)
+    rate = kwargs.get("rate") if kwargs.get("rate") is not None else module.rate
+    key = module.make_rng(module.rng_collection)  # always the pass's key, never a fixed rng
+    return F.dropout(key, inputs, rate=rate, broadcast_dims=module.broadcast_dims)
   return next_fun(*args, **kwargs)
 
 

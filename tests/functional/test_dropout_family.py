@@ -196,11 +196,6 @@ def test_drop_path_rates_bad_max_rate_raises(max_rate):
 # alpha_dropout
 
 
-def _selu64(x):
-  x = _to64(x)
-  return SELU_LAMBDA * np.where(x > 0, x, SELU_ALPHA * np.expm1(np.minimum(x, 0.0)))
-
-
 def _alpha_affine64(rate):
   q = 1.0 - rate
   a = (q + ALPHA_PRIME ** 2 * q * (1 - q)) ** -0.5
@@ -252,10 +247,6 @@ def test_alpha_dropout_rate_zero_returns_x():
                                 np.asarray(x))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: alpha_dropout accepts rate=1.0 (the check allows [0, 1]) but returns NaN: "
-    "q = 0 makes a = rsqrt(0) = inf and inf * alpha' + inf = NaN. It should raise a "
-    "ValueError like gaussian_dropout, or return a finite value (PyTorch returns zeros)."))
 def test_alpha_dropout_rate_one_is_finite_or_rejected():
   x = _normal_np((N_STAT,), seed=11)
   try:
@@ -483,6 +474,14 @@ def test_r_drop_loss_bf16_inputs_computed_in_float32():
   assert float(got) == pytest.approx(expected, rel=1e-5)
 
 
+def test_r_drop_loss_masked_class_is_finite():
+  a = np.asarray([[0.0, -np.inf, 1.0], [2.0, -np.inf, -1.0]], np.float32)
+  b = np.asarray([[1.0, -np.inf, 0.0], [0.5, -np.inf, 0.5]], np.float32)
+  got = float(r_drop_loss(jnp.asarray(a), jnp.asarray(b)))
+  expected = _sym_kl64(a[:, [0, 2]], b[:, [0, 2]])  # the masked class has p = 0
+  assert got == pytest.approx(expected, rel=1e-5)
+
+
 # --------------------------------------------------------------------------------------
 # Gradients at the extremes (rate 0 and rate 1), static and traced rate.
 
@@ -599,10 +598,6 @@ def test_rate_error_names_the_function_called(name):
   assert f"jaxnorm.functional.{public_name}:" in str(info.value)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "spatial_dropout and drop_path do not check rate themselves: the error comes from "
-    "the dropout they call and names 'jaxnorm.functional.dropout', not the function "
-    "the user called (_checks promises messages that name the function)."))
 @pytest.mark.parametrize("name", ["spatial_dropout", "drop_path"])
 def test_rate_error_names_the_function_called_delegating(name):
   with pytest.raises(ValueError) as info:

@@ -1218,10 +1218,6 @@ def test_error_batch_renorm_limits(kwargs, message, train):
     F.batch_renorm(_X, None, None, _RENORM6, train=train, **kwargs)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "batch_renorm checks a schedule only at step 0 (_limit_at probes limit(0)), although "
-    "the message says 'at every step' and the step is concrete here: r_max(5) = 0.75 "
-    "passes silently and clip(r, 1/0.75, 0.75) returns r = 0.75 for every feature."))
 def test_error_batch_renorm_schedule_below_one_at_the_current_step():
   stats = _RENORM6._replace(step=np.int32(5))
   with pytest.raises(ValueError, match=r"r_max must be >= 1"):

@@ -227,6 +227,14 @@ def test_dropout_call_time_rate_overrides_attribute_static():
   np.testing.assert_array_equal(np.asarray(y), np.asarray(expected))
 
 
+def test_dropout_call_time_rate_deterministic_is_identity():
+  x = _x()
+  y = jl.Dropout(0.5).apply({}, x, deterministic=True, rate=0.9)
+  np.testing.assert_array_equal(np.asarray(y), np.asarray(x))
+  y = jax.jit(lambda r: jl.Dropout(0.5, deterministic=True).apply({}, x, rate=r))(0.9)
+  np.testing.assert_array_equal(np.asarray(y), np.asarray(x))
+
+
 @pytest.mark.parametrize("rate", [-0.1, 1.5])
 def test_dropout_call_time_rate_validated(rate):
   with pytest.raises(ValueError, match="rate") as info:
@@ -375,9 +383,6 @@ def test_concrete_dropout_dense_training_step_moves_logit(concrete_setup):
   assert float(new_params["dropout_logit"]) != float(params["dropout_logit"])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: init_rate=0 and init_rate=1 pass the [0, 1] check but then crash in "
-    "math.log / math.log1p with 'math domain error', which names no argument."))
 @pytest.mark.parametrize("init_rate", [0.0, 1.0])
 def test_concrete_dropout_dense_endpoint_init_rate_error_names_argument(init_rate):
   with pytest.raises(ValueError, match="init_rate"):
