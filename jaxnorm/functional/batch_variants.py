@@ -10,12 +10,13 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jaxnorm import _checks
 from jaxnorm.functional._stats import BatchStats
 from jaxnorm.functional.normalization import (
-    _checked_stats, _normalize, _prepare, batch_norm, ema_update)
+    _checked_stats, _normalize, _prepare, ema_update, normalize_with_stats)
 
 Limit = float | Callable[[jax.Array], jax.Array]
 
@@ -90,14 +91,12 @@ def batch_renorm(
   step = jnp.asarray(stats.step, jnp.int32)
   r_max = _limit_at(r_max, step, "r_max", 1.0, fn, " r_max = 1 gives plain batch norm.")
   d_max = _limit_at(d_max, step, "d_max", 0.0, fn, " d_max = 0 gives plain batch norm.")
-  if not train:
-    y, _ = batch_norm(x, scale, bias, BatchStats(stats.mean, stats.var), train=False,
-                      epsilon=epsilon, axis=axis)
-    return y, stats
-  _checks.check_in_unit_interval(momentum, name="momentum", fn=fn)
   x, epsilon, feature_axes, feature_shape, scale, bias, mask = _prepare(
       fn, x, scale, bias, mask, epsilon, axis)
   running = _checked_stats(stats[:2], feature_shape, x.shape, f"axis={axis!r}", fn)
+  if not train:
+    return normalize_with_stats(x, scale, bias, running, epsilon, feature_axes), stats
+  _checks.check_in_unit_interval(momentum, name="momentum", fn=fn)
   reduce_axes = tuple(a for a in range(x.ndim) if a not in feature_axes)
   xhat, batch_mean, batch_var, count = _normalize(
       x, None, None, mask, reduce_axes, epsilon, axis_name, axis_index_groups)
@@ -146,23 +145,27 @@ def ghost_batch_norm(
   """
   fn = "jaxnorm.functional.ghost_batch_norm"
   train = _checks.check_static_bool(train, name="train", fn=fn)
-  if not train:
-    return batch_norm(x, scale, bias, stats, train=False, epsilon=epsilon, axis=axis)
-  _checks.check_in_unit_interval(momentum, name="momentum", fn=fn)
   x, epsilon, feature_axes, feature_shape, scale, bias, mask = _prepare(
       fn, x, scale, bias, mask, epsilon, axis)
+  if stats is not None:
+    stats = _checked_stats(stats, feature_shape, x.shape, f"axis={axis!r}", fn)
+  if not train:
+    if stats is None:
+      raise ValueError(f"{fn}: stats is None but train=False needs running statistics.")
+    return normalize_with_stats(x, scale, bias, stats, epsilon, feature_axes), stats
+  _checks.check_in_unit_interval(momentum, name="momentum", fn=fn)
   if 0 in feature_axes:
     raise ValueError(f"{fn}: axis={axis!r} includes axis 0, the batch axis that is split "
                      "into virtual batches; name the feature axes only.")
   size = x.shape[0]
+  if isinstance(virtual_batch_size, np.integer):
+    virtual_batch_size = int(virtual_batch_size)
   if not isinstance(virtual_batch_size, int) or virtual_batch_size < 2 or (
       size % virtual_batch_size):
     raise ValueError(
         f"{fn}: virtual_batch_size={virtual_batch_size!r} must be an int >= 2 that divides "
         f"the batch size {size} (x.shape={tuple(x.shape)}); e.g. "
         f"{[v for v in range(2, size + 1) if size % v == 0][:4]}.")
-  if stats is not None:
-    stats = _checked_stats(stats, feature_shape, x.shape, f"axis={axis!r}", fn)
   ghosts = size // virtual_batch_size
 
   def split(t):

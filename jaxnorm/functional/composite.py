@@ -34,6 +34,12 @@ def _affine(y, scale, bias):
   return y if bias is None else y + bias.astype(y.dtype)
 
 
+def _check_v(v, channels, fn):
+  if jnp.shape(v) != (channels,):
+    raise ValueError(f"{fn}: v must have one value per channel, shape ({channels},); got "
+                     f"shape {jnp.shape(v)}.")
+
+
 def _check_layout(x, fn):
   if x.ndim < 2:
     raise ValueError(f"{fn}: x must be (N, ..., C) with at least 2 dimensions; got "
@@ -131,6 +137,7 @@ def evonorm_b0(
   x, epsilon, _, feature_shape, scale, bias, mask = _prepare(fn, x, scale, bias, mask,
                                                             epsilon, -1)
   _check_layout(x, fn)
+  _check_v(v, x.shape[-1], fn)
   stats = _checked_stats(stats, feature_shape, x.shape, "the last axis", fn)
   instance = masked_moments(x, tuple(range(1, x.ndim - 1)), mask)
   if train:
@@ -173,6 +180,7 @@ def evonorm_s0(
   x, epsilon, _, (channels,), scale, bias, mask = _prepare(fn, x, scale, bias, mask,
                                                           epsilon, -1)
   _check_layout(x, fn)
+  _check_v(v, channels, fn)
   groups = _groups(channels, num_groups, group_size, fn)
   grouped = x.reshape(x.shape[:-1] + (groups, channels // groups))
   grouped_mask = None if mask is None else mask.reshape(mask.shape[:-1] + (

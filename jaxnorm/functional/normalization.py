@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jaxnorm import _checks
@@ -292,7 +293,6 @@ def batch_norm(
   x, epsilon, feature_axes, feature_shape, scale, bias, mask = _prepare(
       fn, x, scale, bias, mask, epsilon, axis)
   reduce_axes = tuple(a for a in range(x.ndim) if a not in feature_axes)
-  param_shape = tuple(x.shape[a] if a in feature_axes else 1 for a in range(x.ndim))
   if stats is not None:
     stats = _checked_stats(stats, feature_shape, x.shape, f"axis={axis!r}", fn)
 
@@ -300,10 +300,7 @@ def batch_norm(
     if stats is None:
       raise ValueError(f"{fn}: stats is None but train=False needs running statistics; "
                        "pass the BatchStats from training, or train=True.")
-    dtype = compute_dtype(x.dtype)
-    rstd = lax.rsqrt(stats.var.reshape(param_shape) + epsilon).astype(dtype)
-    centred = x.astype(dtype) - stats.mean.reshape(param_shape).astype(dtype)
-    return _standardize_affine(centred, rstd, scale, bias).astype(x.dtype), stats
+    return normalize_with_stats(x, scale, bias, stats, epsilon, feature_axes), stats
 
   values_per_feature = math.prod(x.shape[a] for a in reduce_axes)
   if values_per_feature <= 1 and axis_name is None and mask is None:
@@ -317,6 +314,16 @@ def batch_norm(
   if stats is None:
     return y, None
   return y, ema_update(stats, batch_mean, batch_var, count, momentum)
+
+
+def normalize_with_stats(x, scale, bias, stats: BatchStats, epsilon: float,
+                         feature_axes: tuple[int, ...]) -> jax.Array:
+  """Evaluation-mode normalization of validated input with running ``stats``."""
+  param_shape = tuple(x.shape[a] if a in feature_axes else 1 for a in range(x.ndim))
+  dtype = compute_dtype(x.dtype)
+  rstd = lax.rsqrt(stats.var.reshape(param_shape) + epsilon).astype(dtype)
+  centred = x.astype(dtype) - stats.mean.reshape(param_shape).astype(dtype)
+  return _standardize_affine(centred, rstd, scale, bias).astype(x.dtype)
 
 
 def ema_update(stats: BatchStats, batch_mean, batch_var, count, momentum) -> BatchStats:
@@ -380,6 +387,10 @@ def layer_norm(
 
 def _groups(channels: int, num_groups: int | None, group_size: int | None, fn: str) -> int:
   """The number of groups from exactly one of ``num_groups`` / ``group_size``."""
+  for name, value in (("num_groups", num_groups), ("group_size", group_size)):
+    if value is not None and (not isinstance(value, (int, np.integer)) or isinstance(
+        value, bool)):
+      raise TypeError(f"{fn}: {name} must be an int or None; got {value!r}.")
   if (num_groups is None) == (group_size is None):
     raise ValueError(f"{fn}: give exactly one of num_groups and group_size; got "
                      f"num_groups={num_groups}, group_size={group_size}.")

@@ -113,6 +113,7 @@ def _random_mask(seed, shape, p=0.6):
 
 LENGTHS = [5, 3, 1, 0]  # a full, a partial, a length-1 and an empty sequence
 SEQ_MASK = _seq_mask(LENGTHS, 5)  # for x of shape (4, 5, C)
+GRAD_SEQ_MASK = _seq_mask([5, 3, 2, 0], 5)
 
 
 def _fill_masked(x, mask, value):
@@ -295,8 +296,9 @@ def _rms_norm_case(shape, mask, axis):
 def _batch_renorm_case(shape, mask, train, step=7, **kw):
   c = shape[-1]
   scale, bias = _param(6, (c,), loc=1.0), _param(7, (c,))
-  # Running statistics far from the batch's, so that r and d are clipped (see
-  # test_batch_renorm_clipping_is_active for the proof that they are).
+  # Running statistics far from the batch's: with the default data (seed 40) r is
+  # clipped for 2 of the 6 features and d for 4 (test_batch_renorm_clipping_is_active
+  # asserts clipping on its own data).
   stats = _renorm_stats(8, c, step=step, mean_loc=0.5, var_scale=6.0)
   kw = dict(r_max=1.5, d_max=0.4, momentum=0.8, **kw)
   return Case(
@@ -477,8 +479,9 @@ def _grad_cases():
   s, b = _param(51, (6,), loc=1.0), _param(52, (6,))
   seq_x = _normal(53, (4, 5, 6), loc=-0.3, scale=1.2)
   # Padding holds small values, so fully masked groups (y = x / sqrt(eps)) keep sin(y)
-  # well conditioned.
-  seq_x = np.where(np.broadcast_to(SEQ_MASK, seq_x.shape), seq_x, 1e-3 * seq_x)
+  # well conditioned; no group has a single valid value (var 0, rstd = 1/sqrt(eps) would
+  # make sin(y) at its padding ill-conditioned in float32 whatever the layer).
+  seq_x = np.where(np.broadcast_to(GRAD_SEQ_MASK, seq_x.shape), seq_x, 1e-3 * seq_x)
 
   def gn(mask, groups, reduction_axes=None, **kw):
     return (lambda x, s, b: F.group_norm(x, s, b, mask=mask, reduction_axes=reduction_axes,
@@ -494,19 +497,19 @@ def _grad_cases():
       "group_norm", (x4, s4, b4), names,
       *gn(None, 2, (2, 3), num_groups=None, group_size=2))
   cases["group_norm-mask"] = GradCase("group_norm", (seq_x, s, b), names,
-                                      *gn(SEQ_MASK, 2, num_groups=2))
+                                      *gn(GRAD_SEQ_MASK, 2, num_groups=2))
 
   for axis, xx, ss, bb, mask in [(-1, x, s, b, None),
                                  ((1, 3), x4, _param(57, (2, 4), loc=1.0),
                                   _param(58, (2, 4)), None),
-                                 (-1, seq_x, s, b, SEQ_MASK)]:
+                                 (-1, seq_x, s, b, GRAD_SEQ_MASK)]:
     cases[f"instance_norm-{axis}-{'mask' if mask is not None else 'plain'}"] = GradCase(
         "instance_norm", (xx, ss, bb), names,
         lambda x, s, b, axis=axis, mask=mask: F.instance_norm(x, s, b, axis=axis, mask=mask),
         lambda x, s, b, axis=axis, mask=mask: plain_instance_norm(x, s, b, mask, axis))
 
   for axis, xx, ss, mask in [(-1, x, s, None), ((1, 2), x, _param(59, (3, 6), loc=1.0), None),
-                             ((1, 2), seq_x, _param(59, (5, 6), loc=1.0), SEQ_MASK)]:
+                             ((1, 2), seq_x, _param(59, (5, 6), loc=1.0), GRAD_SEQ_MASK)]:
     cases[f"rms_norm-{axis}-{'mask' if mask is not None else 'plain'}"] = GradCase(
         "rms_norm", (xx, ss), ("x", "scale"),
         lambda x, s, axis=axis, mask=mask: F.rms_norm(x, s, axis=axis, mask=mask),
@@ -514,7 +517,7 @@ def _grad_cases():
 
   for label, r_max, d_max, xx, mask in [("clipped", 1.5, 0.3, x, None),
                                         ("unclipped", 100.0, 100.0, x, None),
-                                        ("mask", 1.5, 0.3, seq_x, SEQ_MASK)]:
+                                        ("mask", 1.5, 0.3, seq_x, GRAD_SEQ_MASK)]:
     stats = _renorm_stats(60, 6, step=3, mean_loc=0.5, var_scale=6.0)
     cases[f"batch_renorm-{label}"] = GradCase(
         "batch_renorm", (xx, s, b), names,
@@ -526,8 +529,8 @@ def _grad_cases():
   xg = _normal(61, (8, 3), loc=0.5, scale=2.0)
   sg, bg = _param(62, (3,), loc=1.0), _param(63, (3,))
   for label, xx, mask, vbs in [("v2", xg, None, 2), ("v4", xg, None, 4),
-                               ("mask", xg, np.array([1, 1, 1, 0, 1, 0, 1, 1], bool)[:, None],
-                                2)]:
+                               ("mask", xg, np.array([1, 1, 0, 1, 1, 0, 1, 1], bool)[:, None],
+                                4)]:
     cases[f"ghost_batch_norm-{label}"] = GradCase(
         "ghost_batch_norm", (xx, sg, bg), names,
         lambda x, s, b, mask=mask, vbs=vbs: F.ghost_batch_norm(
@@ -537,7 +540,7 @@ def _grad_cases():
   mw, vw = SWITCH_LOGITS
   running = _running(64, 6, mean_loc=0.3)
   for label, xx, train, mask in [("train", x, True, None), ("eval", x, False, None),
-                                 ("train-mask", seq_x, True, SEQ_MASK)]:
+                                 ("train-mask", seq_x, True, GRAD_SEQ_MASK)]:
     cases[f"switch_norm-{label}"] = GradCase(
         "switch_norm", (xx, s, b, mw, vw), names + ("mean_weights", "var_weights"),
         lambda x, s, b, mw, vw, train=train, mask=mask: F.switch_norm(
@@ -547,7 +550,7 @@ def _grad_cases():
 
   v = _evonorm_v(65, 6)
   for label, xx, train, mask in [("train", x, True, None), ("eval", x, False, None),
-                                 ("train-mask", seq_x, True, SEQ_MASK)]:
+                                 ("train-mask", seq_x, True, GRAD_SEQ_MASK)]:
     cases[f"evonorm_b0-{label}"] = GradCase(
         "evonorm_b0", (xx, s, b, v), names + ("v",),
         lambda x, s, b, v, train=train, mask=mask: F.evonorm_b0(
@@ -555,7 +558,8 @@ def _grad_cases():
         lambda x, s, b, v, train=train, mask=mask: plain_evonorm_b0(
             x, s, b, v, mask, None if train else running.var))
 
-  for label, xx, mask, groups in [("num_groups", x, None, 3), ("mask", seq_x, SEQ_MASK, 2)]:
+  for label, xx, mask, groups in [("num_groups", x, None, 3),
+                                  ("mask", seq_x, GRAD_SEQ_MASK, 2)]:
     cases[f"evonorm_s0-{label}"] = GradCase(
         "evonorm_s0", (xx, s, b, v), names + ("v",),
         lambda x, s, b, v, mask=mask, groups=groups: F.evonorm_s0(
@@ -1207,22 +1211,34 @@ def test_error_ghost_virtual_batch_size(virtual_batch_size):
 
 @pytest.mark.parametrize("train", [True, False])
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(r_max=0.5), "r_max must be >= 1; got 0.5"),
-    (dict(d_max=-0.1), "d_max must be >= 0; got -0.1"),
-    (dict(r_max=optax.linear_schedule(0.9, 3.0, 10)), "r_max must be >= 1 at every step; got 0.9"),
-    (dict(d_max=optax.linear_schedule(-1.0, 3.0, 10)),
-     "d_max must be >= 0 at every step; got -1.0"),
+    (dict(r_max=0.5), "r_max must be >= 1; got 0.5."),
+    (dict(r_max=0), "r_max must be >= 1; got 0.0."),
+    (dict(d_max=-0.1), "d_max must be >= 0; got -0.1."),
+    (dict(r_max=optax.linear_schedule(0.9, 3.0, 10)), "r_max must be >= 1; got 0.9"),
+    (dict(d_max=optax.linear_schedule(-1.0, 3.0, 10)), "d_max must be >= 0; got -1.0"),
 ])
 def test_error_batch_renorm_limits(kwargs, message, train):
   with pytest.raises(ValueError, match=_fn_name("batch_renorm") + ": " + re.escape(message)):
     F.batch_renorm(_X, None, None, _RENORM6, train=train, **kwargs)
 
 
-def test_error_batch_renorm_schedule_below_one_at_the_current_step():
-  stats = _RENORM6._replace(step=np.int32(5))
-  with pytest.raises(ValueError, match=r"r_max must be >= 1"):
+@pytest.mark.parametrize("name,schedule,step,value", [
+    ("r_max", optax.linear_schedule(1.0, 0.5, 10), 5, 0.75),
+    ("r_max", optax.linear_schedule(0.9, 3.0, 10), 0, 0.9),
+    ("d_max", optax.linear_schedule(0.0, -2.0, 4), 2, -1.0),
+])
+def test_error_batch_renorm_schedule_below_its_bound_at_the_current_step(
+    name, schedule, step, value):
+  # A schedule valid at step 0 but not at the (concrete) current step is rejected too:
+  # r_max < 1 would make clip(r, 1/r_max, r_max) return r_max for every feature.
+  stats = _RENORM6._replace(step=np.int32(step))
+  bound = {"r_max": 1, "d_max": 0}[name]
+  # (float32 schedules: 0.9 reads 0.9000000953674316)
+  with pytest.raises(ValueError, match=_fn_name("batch_renorm") + re.escape(
+      f": {name} must be >= {bound}; got {value!r}") + r"\d*" + re.escape(
+          f" at step {step}.")):
     F.batch_renorm(_normal(150, (4, 3, 6)), None, None, stats, train=True,
-                   r_max=optax.linear_schedule(1.0, 0.5, 10))
+                   **{name: schedule})
 
 
 @pytest.mark.parametrize("which,shape", [("mean_weights", (2,)), ("mean_weights", (1, 3)),
@@ -1277,3 +1293,41 @@ def test_error_unbound_axis_name(name, use_jit):
   with pytest.raises(ValueError, match=r"axis_name='devices' is not bound here.*"
                      r"jax\.shard_map.*jax\.pmap\(\.\.\., axis_name='devices'\)"):
     fn(_X)
+
+
+# Bad-input rules of DESIGN.md ("messages name the function, the argument, the rule,
+# the value received") for the evaluation paths and the less common arguments.
+
+
+@pytest.mark.parametrize("name", ["batch_renorm", "ghost_batch_norm"])
+def test_error_eval_path_names_the_function_called(name):
+  mean, var = np.zeros(5, np.float32), np.ones(5, np.float32)
+  calls = {
+      "batch_renorm": lambda: F.batch_renorm(
+          _X, None, None, F.BatchRenormStats(mean, var, np.int32(0)), train=False),
+      "ghost_batch_norm": lambda: F.ghost_batch_norm(
+          _X, None, None, F.BatchStats(mean, var), virtual_batch_size=2, train=False),
+  }
+  with pytest.raises(ValueError, match=_fn_name(name) + re.escape(
+      ": stats.mean has shape (5,) but must have shape (6,)")):
+    calls[name]()
+
+
+def test_ghost_batch_norm_accepts_numpy_integer_virtual_batch_size(ref):
+  x = _normal(160, (4, 3))
+  y, _ = F.ghost_batch_norm(x, None, None, None, virtual_batch_size=np.int64(2),
+                            train=True)
+  _close(ref, y, ref.ghost_batch_norm(x, None, None, None, virtual_batch_size=2,
+                                      train=True)[0], ref.FLOAT32_TOL,
+         layer="ghost_batch_norm", kind="y")
+
+
+@pytest.mark.parametrize("name", ["evonorm_b0", "evonorm_s0"])
+def test_error_evonorm_v_shape(name):
+  v = np.ones(5, np.float32)
+  calls = {
+      "evonorm_b0": lambda: F.evonorm_b0(_X, None, None, v, _STATS6, train=True),
+      "evonorm_s0": lambda: F.evonorm_s0(_X, None, None, v, num_groups=2),
+  }
+  with pytest.raises(ValueError, match=_fn_name(name) + r": v .*\(5,\)"):
+    calls[name]()
