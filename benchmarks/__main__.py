@@ -11,7 +11,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
+
+# PyTorch's OpenMP threads otherwise spin after each call and take the cores from the
+# JAX call that runs next in the interleaved timings.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from benchmarks import end_to_end, layers, report
 
@@ -23,7 +28,22 @@ def main(argv=None) -> int:
   parser.add_argument("--json", default=None, help="write the results as JSON here")
   parser.add_argument("--markdown", default=None, help="write the report (RESULTS.md) here")
   parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
+  parser.add_argument("--from-json", default=None,
+                      help="re-render the report of a saved --json run (no timing)")
   args = parser.parse_args(argv)
+
+  if args.from_json:
+    with open(args.from_json, encoding="utf-8") as handle:
+      saved = json.load(handle)
+    rows = [layers.Row(**{k: v for k, v in row.items() if k != "passes"} | {
+        "shape": tuple(row["shape"])}) for row in saved["layers"]]
+    text = report.markdown(saved["machine"], rows, end_to_end.EndToEnd(**saved["end_to_end"]),
+                           quick=saved["quick"])
+    print(text)
+    if args.markdown:
+      with open(args.markdown, "w", encoding="utf-8") as handle:
+        handle.write(text + "\n")
+    return 0
 
   torch = None
   if not args.no_torch:

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxnorm
-from benchmarks.timing import interleaved_medians, jax_runner, temp_bytes
+from benchmarks.timing import interleaved_medians, jax_runner
 
 SHAPES = ((4096, 1024), (8192, 256), (64, 32, 32, 128))
 QUICK_SHAPES = ((512, 256),)
@@ -87,8 +87,8 @@ def _jax_functions(module: nn.Module, x):
     return out[0] if state else out
 
   def forward_backward(params, x, dy):
-    _, vjp = jax.vjp(output, params, x)
-    return vjp(dy)
+    y, vjp = jax.vjp(output, params, x)
+    return vjp(dy.astype(y.dtype))  # flax may return float32 for bfloat16 input
 
   return forward, forward_backward, params
 
@@ -130,7 +130,7 @@ def _torch_candidates(torch, layer: Layer, x_np, dtype: str):
     return None, None
   functional = torch.nn.functional
   torch_dtype = getattr(torch, dtype)
-  x = torch.from_numpy(np.asarray(x_np, np.float32)).to(torch_dtype)
+  x = torch.from_numpy(np.array(x_np, np.float32)).to(torch_dtype)
   channels = x.shape[-1]
   w = torch.ones(channels, dtype=torch_dtype, requires_grad=True)
   b = torch.zeros(channels, dtype=torch_dtype, requires_grad=True)
@@ -156,13 +156,13 @@ def run(quick: bool, torch=None, log=print) -> list[Row]:
   """Benchmarks every layer at every shape and dtype; returns one row per case."""
   shapes = QUICK_SHAPES if quick else SHAPES
   dtypes = DTYPES[:1] if quick else DTYPES
-  repeats = 5 if quick else 20
+  repeats = 5 if quick else 10
   rows = []
   for shape in shapes:
     for dtype in dtypes:
       x = jax.random.normal(jax.random.key(0), shape, jnp.float32).astype(dtype)
       dy = jax.random.normal(jax.random.key(1), shape, jnp.float32).astype(dtype)
-      floor = interleaved_medians({"copy": jax_runner(copy_pass, x)}, repeats)["copy"]
+      floor = interleaved_medians({"copy": jax_runner(copy_pass, x)[0]}, repeats)["copy"]
       for layer in layers():
         jn_fwd, jn_bwd, jn_params = _jax_functions(layer.jaxnorm_module, x)
         fx_fwd, fx_bwd, fx_params = _jax_functions(layer.flax_module, x)
@@ -172,15 +172,15 @@ def run(quick: bool, torch=None, log=print) -> list[Row]:
             "forward+backward": (jn_bwd, fx_bwd, t_bwd, (jn_params, x, dy),
                                  (fx_params, x, dy)),
         }.items():
-          candidates = {"jaxnorm": jax_runner(jn, *args_jn), "flax": jax_runner(fx, *args_fx)}
+          (run_jn, mem_jn), (run_fx, mem_fx) = jax_runner(jn, *args_jn), jax_runner(fx, *args_fx)
+          candidates = {"jaxnorm": run_jn, "flax": run_fx}
           if tt is not None:
             candidates["torch"] = tt
           medians = interleaved_medians(candidates, repeats)
           row = Row(layer.name, shape, dtype, mode, medians["jaxnorm"], medians["flax"],
                     medians.get("torch"), floor)
           if mode == "forward+backward":
-            row.jaxnorm_temp_bytes = temp_bytes(jn, *args_jn)
-            row.flax_temp_bytes = temp_bytes(fx, *args_fx)
+            row.jaxnorm_temp_bytes, row.flax_temp_bytes = mem_jn, mem_fx
           rows.append(row)
           log(f"  {layer.name:<10} {str(shape):<18} {dtype:<8} {mode:<16} jaxnorm "
               f"{row.jaxnorm_s * 1e3:7.2f} ms  flax x{row.flax_over_jaxnorm:5.2f}"

@@ -28,13 +28,10 @@ def interleaved_medians(candidates: Mapping[str, Callable[[], object]], repeats:
   return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def jax_runner(fn, *args) -> Callable[[], object]:
-  """A callable that runs the jitted ``fn(*args)`` and blocks on the result."""
-  compiled = jax.jit(fn)
-  return lambda: jax.block_until_ready(compiled(*args))
-
-
-def temp_bytes(fn, *args) -> int | None:
-  """Compiled temporary memory of ``jax.jit(fn)(*args)`` (XLA's memory analysis)."""
-  analysis = jax.jit(fn).lower(*args).compile().memory_analysis()
-  return None if analysis is None else int(analysis.temp_size_in_bytes)
+def jax_runner(fn, *args) -> tuple[Callable[[], object], int | None]:
+  """``(run, temp_bytes)``: a callable running the compiled ``fn(*args)`` and blocking on
+  the result, and the compiled temporary memory (XLA's ``temp_size_in_bytes``)."""
+  compiled = jax.jit(fn).lower(*args).compile()
+  analysis = compiled.memory_analysis()
+  temp = None if analysis is None else int(analysis.temp_size_in_bytes)
+  return (lambda: jax.block_until_ready(compiled(*args))), temp
