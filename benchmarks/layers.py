@@ -156,7 +156,7 @@ def run(quick: bool, torch=None, log=print) -> list[Row]:
   """Benchmarks every layer at every shape and dtype; returns one row per case."""
   shapes = QUICK_SHAPES if quick else SHAPES
   dtypes = DTYPES[:1] if quick else DTYPES
-  repeats = 5 if quick else 10
+  repeats = 5 if quick else 15
   rows = []
   for shape in shapes:
     for dtype in dtypes:

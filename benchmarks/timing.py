@@ -18,8 +18,13 @@ def interleaved_medians(candidates: Mapping[str, Callable[[], object]], repeats:
   first ``warmup`` rounds (compilation, caches) are not counted.
   """
   samples: dict[str, list[float]] = {name: [] for name in candidates}
+  names = list(candidates)
   for round_index in range(warmup + repeats):
-    for name, run in candidates.items():
+    # Rotate the order so that each candidate follows each other one equally often
+    # (the one that runs after PyTorch finds colder caches).
+    start = round_index % len(names)
+    for name in names[start:] + names[:start]:
+      run = candidates[name]
       start = time.perf_counter()
       run()
       elapsed = time.perf_counter() - start
