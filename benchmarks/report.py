@@ -117,9 +117,10 @@ LIMITS = """### What limits the layer targets on this CPU
 - **The memory floor.** One fused read+write pass over a 16 MiB float32 array takes
   about 2.5-3 ms here, while a read-only pass (a reduction) takes about 0.6 ms: writes
   cost most. Batch norm forward+backward must at least read x (statistics), read x and
-  dy (two reductions) and write dx — about 2 copy passes. flax.linen.BatchNorm already
-  takes about 2.6, so no implementation can be 2.5x faster than it at this shape: the
-  2.5x floor is out of reach by construction, and jaxnorm's ~1.0-1.2x is near the floor.
+  dy (two reductions) and write dx — about 2 copy passes. flax.linen.BatchNorm takes
+  about 2.6 in a quiet run, so no implementation can be 2.5x faster than it at this
+  shape: the 2.5x floor is out of reach by construction. jaxnorm and flax are close:
+  1.2x in a quiet run of the two alone, 0.8x in the full run with PyTorch interleaved.
 - **XLA:CPU's reductions.** XLA:CPU runs reductions as YNNPACK fusions, and these take
   no broadcast operand: any per-feature vector inside a reduction (a shift, a mean,
   1/sigma) makes XLA write a full-size broadcast or difference array first. flax's
@@ -127,9 +128,11 @@ LIMITS = """### What limits the layer targets on this CPU
   fast but wrong on data with a large mean (variance ~31 instead of 1 at mean 1e4).
   jaxnorm keeps the stable shifted variance: it writes c = x - shift once, reduces c,
   and keeps c as the backward residual in place of x, with every backward reduction
-  broadcast-free (sum dy, sum dy*c). That makes training (forward+backward) as fast as
-  or faster than flax's unstable variance, but the forward alone pays the one write of c
-  (0.6-0.7x of flax in training mode; evaluation mode is elementwise and equal).
+  broadcast-free (sum dy, sum dy*c). That brings training (forward+backward) to about
+  flax's speed with its unstable variance, while the training-mode forward alone pays
+  the one write of c (about 0.5-0.75x of flax; evaluation mode is elementwise and
+  equal). Keeping c as a temporary also costs memory where flax re-reads its input:
+  group norm on NHWC float32 needs 32 MiB of temporaries against flax's 0.1 MiB.
 - **Layer norm.** Its per-row 1/sigma and scale both vary along the other axis of the
   backward's reductions (dscale sums over rows, the dx terms over columns), so XLA
   writes broadcast products whichever way it is written; jaxnorm and flax end up with
