@@ -131,10 +131,6 @@ class Moments(NamedTuple):
   var: jax.Array
   count: jax.Array
 
-  def centre(self, x: jax.Array) -> jax.Array:
-    """``x - mean`` in the statistics' dtype."""
-    return (x.astype(self.delta.dtype) - self.shift) - self.delta
-
 
 def _psum(value, axis_name, axis_index_groups):
   """``lax.psum`` that says which transform is missing when ``axis_name`` is unbound."""
