@@ -18,7 +18,7 @@ import sys
 # JAX call that runs next in the interleaved timings.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from benchmarks import end_to_end, layers, report
+from . import end_to_end, layers, report
 
 
 def main(argv=None) -> int:

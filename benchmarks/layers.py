@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxnorm
-from benchmarks.timing import interleaved_medians, jax_runner
+from .timing import interleaved_medians, jax_runner
 
 SHAPES = ((4096, 1024), (8192, 256), (64, 32, 32, 128))
 QUICK_SHAPES = ((512, 256),)

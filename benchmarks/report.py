@@ -9,7 +9,7 @@ import flax
 import jax
 import numpy as np
 
-from benchmarks.layers import MIN_PASSES
+from .layers import MIN_PASSES
 
 
 def describe_machine(torch=None) -> dict:

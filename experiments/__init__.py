@@ -4,6 +4,6 @@ Run ``python -m experiments list`` to see them and ``python -m experiments run N
 to run one; results go to ``DIR/NAME/`` (``results.json``, ``table.md``, PNG plots).
 """
 
-from experiments import seed_mlp
+from . import seed_mlp
 
 EXPERIMENTS = {module.NAME: module for module in (seed_mlp,)}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from experiments import EXPERIMENTS
-from experiments.data import DATASETS, DataError
+from . import EXPERIMENTS
+from .data import DATASETS, DataError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import optax
 
-from experiments.data import Dataset
+from .data import Dataset
 from jaxnorm import training
 
 

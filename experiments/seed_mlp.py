@@ -13,9 +13,9 @@ import time
 
 import optax
 
-from experiments import runner
-from experiments.data import load_dataset
-from experiments.models import SeedMLP, parameter_count, parameter_rows
+from . import runner
+from .data import load_dataset
+from .models import SeedMLP, parameter_count, parameter_rows
 
 NAME = "seed-mlp"
 DESCRIPTION = "the notebook's MLP: plain vs +BN vs +Dropout vs +BN+Dropout over seeds"
