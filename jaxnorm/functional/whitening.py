@@ -139,10 +139,11 @@ def _newton_schulz(cov: jax.Array, epsilon: float, iterations: int) -> jax.Array
   :math:`Y_k = Y_{k-1} T_k`, :math:`P_k = T_k P_{k-1}`, :math:`Y_0 = \Sigma_N`, which
   gives the same :math:`P_k` in exact arithmetic (:math:`Y_k = \Sigma_N P_k`) at the
   same cost (three products per step). The uncoupled form above amplifies rounding
-  errors once it has converged, by up to :math:`\frac{1}{2}(r^2 + r - 2)` per step
-  with :math:`r^2` the group's condition number (unstable above about 2.4; in float32
-  it returns NaN after some 20 steps on ordinary data); the coupled form does not
-  (Higham, "Functions of Matrices", 2008, section 6.3).
+  errors near its fixed point by up to :math:`\frac{1}{2}(r^2 + r - 2)` per step, with
+  :math:`r^2` the group's condition number (unstable above about 2.4; in float32 it
+  overflows to NaN within a few dozen steps on ordinary data, within 15 on
+  ill-conditioned groups); the coupled form does not (Higham, "Functions of
+  Matrices", SIAM 2008, on the stability of Newton iterations for matrix roots).
   """
   size = cov.shape[-1]
   eye = jnp.eye(size, dtype=cov.dtype)
@@ -283,11 +284,12 @@ def _whiten(x, scale, bias, stats, *, fn, train, num_groups, group_size, momentu
 
   devices = _devices(axis_name, axis_index_groups)
   if devices is not None and samples * devices <= size:
-    across = f" x {devices} devices" if devices > 1 else ""
+    across = (f" per device, {samples * devices} across {devices} devices"
+              if devices > 1 else "")
     raise ValueError(
         f"{fn}: a group of {size} features needs more than {size} samples to be "
         f"whitened (a covariance of n samples has rank at most n - 1); "
-        f"x.shape={tuple(x.shape)} gives {samples}{across} samples. Use a larger batch, "
+        f"x.shape={tuple(x.shape)} gives {samples} samples{across}. Use a larger batch, "
         f"smaller groups (group_size < {samples * devices}) or train=False.")
   batch = _group_stats(x2, mask2, groups, axis_name, axis_index_groups)
   whitening = inverse_sqrt(batch.cov, epsilon)
@@ -429,7 +431,9 @@ def iter_norm(
   repeated eigenvalues. As ``iterations`` grows :math:`P_T / \sqrt{\mathrm{tr}\,\Sigma}
   \to \Sigma^{-1/2}` and the output approaches :func:`decorrelated_batch_norm`'s; with
   few iterations small-variance directions are only partly whitened (the paper's
-  point: a stable, progressive whitening). Everything else (groups, running
+  point: a stable, progressive whitening). The iteration runs in its coupled form
+  (same iterates in exact arithmetic; the form printed in the paper amplifies rounding
+  and overflows in float32 after a few dozen steps). Everything else (groups, running
   statistics, masks, ``axis_name``, evaluation) is as in
   :func:`decorrelated_batch_norm`.
 
