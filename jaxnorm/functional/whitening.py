@@ -356,7 +356,8 @@ def decorrelated_batch_norm(
   eigenvalues repeat. Differentiating ``jnp.linalg.eigh`` itself divides by
   :math:`\lambda_i - \lambda_j` and gives NaN for repeated eigenvalues (e.g. a batch
   with fewer samples than features, or dead features). Second derivatives are not
-  supported.
+  supported (nor tested), and forward mode (``jax.jvp``) raises JAX's ``TypeError`` for
+  ``custom_vjp`` functions, as for :func:`batch_norm`.
 
   Args:
     x: floating-point input ``(..., C)``; features last (NHWC, ``(N, T, C)``).
