@@ -23,6 +23,7 @@ import jax.numpy as jnp
 
 from jaxnorm import _checks
 from jaxnorm.functional._stats import centred_moments, compute_dtype
+from jaxnorm.functional.composite import _affine
 from jaxnorm.functional.normalization import _as_param, _prepare
 
 
@@ -104,11 +105,7 @@ def revin_normalize(
   reduce_axes = _reduce_axes(feature_axes, x.ndim, axis, x.shape, fn)
   centred, moments = centred_moments(x, reduce_axes, mask)
   std = jnp.sqrt(moments.var + epsilon)
-  y = (centred - moments.delta) / std
-  if scale is not None:
-    y = y * scale.astype(y.dtype)
-  if bias is not None:
-    y = y + bias.astype(y.dtype)
+  y = _affine((centred - moments.delta) / std, scale, bias)
   return y.astype(x.dtype), RevINStats(moments.mean, std)
 
 

@@ -94,7 +94,7 @@ def _static_rate(rate, fn: str) -> float | None:
 
 
 def _uniform(key, shape) -> jax.Array:
-  """Uniform [0, 1) float32 draws of ``shape``: random scores (e.g. which tokens to keep)."""
+  """Uniform [0, 1) float32 draws of ``shape``: random scores (e.g. tokens to keep)."""
   return jax.random.uniform(key, shape, jnp.float32)
 
 

@@ -27,7 +27,8 @@ import numpy as np
 from jax import lax
 
 from jaxnorm import _checks
-from jaxnorm.functional._stats import _psum, centred_moments
+from jaxnorm.functional._stats import _psum, centred_moments, compute_dtype
+from jaxnorm.functional.composite import _affine
 from jaxnorm.functional.normalization import _groups, _prepare
 
 _HIGHEST = lax.Precision.HIGHEST  # float32 products stay float32 on GPU (TF32) and TPU
@@ -276,7 +277,7 @@ def _whiten(x, scale, bias, stats, *, fn, train, num_groups, group_size, momentu
   mask2 = None if mask is None else jnp.broadcast_to(
       mask, x.shape[:-1] + (1,)).reshape(samples, 1)
   if not train:
-    dtype = jnp.promote_types(x.dtype, jnp.float32)
+    dtype = compute_dtype(x.dtype)
     centred = (x2.astype(dtype) - stats.mean.astype(dtype)).reshape(samples, groups, size)
     y = jnp.einsum("gji,mgi->mgj", stats.whitening.astype(dtype), centred,
                    precision=_HIGHEST)
@@ -307,12 +308,6 @@ def _whiten(x, scale, bias, stats, *, fn, train, num_groups, group_size, momentu
   return y, WhiteningStats(
       ema(stats.mean, batch.mean, jnp.repeat(seen, size)),
       ema(stats.whitening, whitening, seen[:, None, None]))
-
-
-def _affine(y, scale, bias):
-  if scale is not None:
-    y = y * scale.astype(y.dtype)
-  return y if bias is None else y + bias.astype(y.dtype)
 
 
 def decorrelated_batch_norm(
