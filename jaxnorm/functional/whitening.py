@@ -341,8 +341,9 @@ def decorrelated_batch_norm(
   momentum :math:`m`: ``new = m * old + (1 - m) * batch`` (the papers' population
   statistics). Evaluation computes ``whitening @ (x - mean)`` with them.
 
-  Statistics accumulate in at least float32 (``HIGHEST`` matmul precision, so also on
-  GPUs and TPUs), from a shifted one-pass sum; running statistics are float32. With
+  Statistics accumulate in at least float32, from a shifted one-pass sum; the matrix
+  products ask for ``HIGHEST`` precision, so that GPUs and TPUs do not compute them in
+  TF32 or bfloat16 (tested on CPU only); running statistics are float32. With
   ``axis_name`` the per-device counts, means and centred scatter matrices merge
   exactly (Chan et al.), also with different numbers of valid samples per device.
 
