@@ -211,3 +211,15 @@ def test_editable_install_imports_from_the_directory_above_a_clone_named_jaxnorm
       tmp_path, site)
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.split()[0] == "BatchNorm"
+
+
+def test_ci_runs_the_readme_commands():
+  """.ci/run installs as the README's set-up says and runs the README's test command."""
+  readme = (ROOT / "README.md").read_text(encoding="utf-8")
+  block = readme.split("# Tests:", 1)[1].split("```", 1)[0]
+  install, test = block.splitlines()[1].split(" && ")
+  ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+  assert install in ci and test in ci
+  assert ci.index(install) < ci.index(test)
+  assert "-n auto" in test  # the whole suite on every core (pytest-xdist)
+  assert any(line.startswith("python -m sphinx -W") for line in ci[ci.index(test):])
