@@ -10,11 +10,15 @@ Hypothesis profiles, chosen with ``JAXNORM_HYPOTHESIS_PROFILE`` (default ``ci``)
   25 examples where a test does not set its own budget.
 - ``dev``: random examples and the local example database, to look for new failures;
   otherwise as ``ci``.
+
+The ``slow`` marker: property-based (hypothesis) tests are marked here, the others where
+they are defined; ``-m "not slow"`` runs the fast subset.
 """
 
 import os
 
 import hypothesis
+import pytest
 
 _FLAG = "--xla_force_host_platform_device_count=8"
 if _FLAG not in os.environ.get("XLA_FLAGS", ""):
@@ -27,3 +31,9 @@ hypothesis.settings.register_profile(
     "dev", parent=hypothesis.settings.get_profile("ci"), derandomize=False,
     database=hypothesis.database.DirectoryBasedExampleDatabase(".hypothesis/examples"))
 hypothesis.settings.load_profile(os.environ.get("JAXNORM_HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_collection_modifyitems(items):
+  for item in items:
+    if getattr(getattr(item, "obj", None), "is_hypothesis_test", False):
+      item.add_marker(pytest.mark.slow)
