@@ -32,6 +32,14 @@ def decay_mask(params: Any) -> Any:
   Spared (False): every leaf named ``bias`` or ``scale``, every 0-D or 1-D leaf, and
   every leaf inside a normalization module (a path component starting with one of
   :data:`NORM_LAYER_PREFIXES`). Decayed: kernels and embeddings.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxnorm import training
+    >>> params = {"Dense_0": {"kernel": jnp.ones((3, 2)), "bias": jnp.ones(2)},
+    ...           "BatchNorm_0": {"scale": jnp.ones(2), "bias": jnp.zeros(2)}}
+    >>> training.decay_mask(params)
+    {'BatchNorm_0': {'bias': False, 'scale': False}, 'Dense_0': {'bias': False, 'kernel': True}}
   """
   def decays(path, leaf) -> bool:
     names = _path_names(path)

@@ -12,7 +12,14 @@ from flax.training import train_state
 
 
 def key_data(key: jax.Array) -> jax.Array:
-  """Raw ``uint32`` data of a PRNG key (typed or raw), the form kept in checkpoints."""
+  """Raw ``uint32`` data of a PRNG key, typed or raw.
+
+  Example:
+    >>> import jax
+    >>> from jaxnorm.training.state import key_data
+    >>> key_data(jax.random.key(0)).tolist(), key_data(jax.random.PRNGKey(0)).tolist()
+    ([0, 0], [0, 0])
+  """
   if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
     return jax.random.key_data(key)
   if key.dtype != jnp.uint32:
