@@ -5,17 +5,22 @@ as in CI). The API pages are generated from the docstrings (autodoc + napoleon f
 Google style, MathJax for ``.. math::``).
 """
 
+import importlib.metadata
 import pathlib
 import sys
-import tomllib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # document this source tree, not an installed copy
 
 import jaxnorm  # noqa: E402
 
-PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
-SOURCE = PYPROJECT["project"]["urls"]["Source"]
+# The repository's address, from the project URLs in pyproject.toml (as installed).
+_URLS = dict(url.split(", ", 1) for url in importlib.metadata.metadata(
+    "jaxnorm").get_all("Project-URL") or [])
+if "Source" not in _URLS:
+  raise RuntimeError("docs/conf.py: the installed jaxnorm has no Source project URL; "
+                     "install it again: python -m pip install -e \".[docs]\"")
+SOURCE = _URLS["Source"]
 
 project = "jaxnorm"
 author = "the jaxnorm authors"
