@@ -2,8 +2,10 @@
 
 Benchmarks jaxnorm's layers against flax.linen's built-ins (and PyTorch on the CPU when
 it is installed) in one run, as ratios, plus the memory floor, compiled temporary
-memory and the end-to-end seed-mlp training. Prints a table; writes JSON and markdown
-when asked (the committed benchmarks/RESULTS.md comes from a full run).
+memory and the end-to-end seed-mlp training. Prints the timings as they are measured,
+then the report, or writes the report to the --markdown file instead; writes JSON when
+asked (the committed benchmarks/RESULTS.md comes from a full run). Installed, the same
+command is ``jaxnorm-benchmarks``.
 """
 
 from __future__ import annotations
@@ -21,8 +23,20 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from . import end_to_end, layers, report
 
 
+def _emit(text: str, markdown_path: str | None) -> None:
+  """Writes the report to ``markdown_path``, or prints it when there is none."""
+  if markdown_path is None:
+    print("\n" + text)
+    return
+  with open(markdown_path, "w", encoding="utf-8") as handle:
+    handle.write(text + "\n")
+  print(f"\nReport written to {markdown_path}")
+
+
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+  """Runs the benchmarks (the ``jaxnorm-benchmarks`` command); returns the exit code."""
+  prog = "python -m benchmarks" if __package__ == "benchmarks" else "jaxnorm-benchmarks"
+  parser = argparse.ArgumentParser(prog=prog, description=__doc__)
   parser.add_argument("--quick", action="store_true",
                       help="small shape, float32, few repeats: a smoke run")
   parser.add_argument("--json", default=None, help="write the results as JSON here")
@@ -39,10 +53,7 @@ def main(argv=None) -> int:
         "shape": tuple(row["shape"])}) for row in saved["layers"]]
     text = report.markdown(saved["machine"], rows, end_to_end.EndToEnd(**saved["end_to_end"]),
                            quick=saved["quick"])
-    print(text)
-    if args.markdown:
-      with open(args.markdown, "w", encoding="utf-8") as handle:
-        handle.write(text + "\n")
+    _emit(text, args.markdown)
     return 0
 
   torch = None
@@ -58,11 +69,7 @@ def main(argv=None) -> int:
   rows = layers.run(args.quick, torch)
   print("\nEnd to end (seed-mlp):")
   e2e = end_to_end.run(args.quick, torch)
-  text = report.markdown(machine, rows, e2e, quick=args.quick)
-  print("\n" + text)
-  if args.markdown:
-    with open(args.markdown, "w", encoding="utf-8") as handle:
-      handle.write(text + "\n")
+  _emit(report.markdown(machine, rows, e2e, quick=args.quick), args.markdown)
   if args.json:
     with open(args.json, "w", encoding="utf-8") as handle:
       json.dump({"machine": machine, "quick": args.quick,

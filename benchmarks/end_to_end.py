@@ -15,8 +15,12 @@ import jax
 import numpy as np
 import optax
 
-from experiments.models import SeedMLP
 from jaxnorm import training
+
+if __package__.startswith("jaxnorm."):  # installed: jaxnorm.benchmarks
+  from ..experiments.models import SeedMLP
+else:  # in a clone: the top-level benchmarks/ beside experiments/
+  from experiments.models import SeedMLP
 
 SAMPLES, FEATURES, CLASSES, BATCH, EPOCHS, LR = 4800, 784, 10, 32, 10, 0.1
 

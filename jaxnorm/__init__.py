@@ -7,11 +7,15 @@ holds drop-in replacements for ``flax.linen``'s modules, also exported here
 """
 
 import importlib
+import importlib.metadata
 
 from jaxnorm import functional
 from jaxnorm.functional import BatchStats
 
-__version__ = "0.1.0"
+try:  # pyproject.toml is the one source of the version; installing records it
+  __version__ = importlib.metadata.version("jaxnorm")
+except importlib.metadata.PackageNotFoundError:  # a source tree that was never installed
+  __version__ = "0+unknown"
 
 _LINEN_EXPORTS = ("AlphaDropout", "BatchNorm", "BatchRenorm", "ClassicDropout",
                   "ConcreteDropoutDense", "DropConnectDense", "DropPath", "Dropout",

@@ -8,9 +8,12 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_quick_benchmark_run(tmp_path):
   report, markdown = tmp_path / "bench.json", tmp_path / "RESULTS.md"
   result = subprocess.run(

@@ -57,29 +57,67 @@ def _broadcast_params(x, feature_axes, *params):
 
 
 class BatchNorm(nn.Module):
-  """Batch normalization, a drop-in for ``flax.linen.BatchNorm``.
+  r"""Batch normalization, a drop-in for ``flax.linen.BatchNorm``.
 
-  Attributes are those of ``flax.linen.BatchNorm``. ``use_fast_variance`` and
-  ``force_float32_reductions`` are accepted for compatibility; jaxnorm always reduces
-  in at least float32 with its stable one-pass variance (as fast as Flax's fast path,
-  and correct on data with a large mean). Running statistics are float32 whatever
-  ``dtype`` and ``param_dtype`` are. During ``init`` the statistics are not updated
-  and ``axis_name`` is not used; a training-mode ``init`` on a batch with one value
-  per feature normalizes with the initial running statistics instead of raising.
+  .. math::
 
-  Two options flax lacks (both off by default):
+    y = \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}} \, \gamma + \beta, \qquad
+    \hat\mu \leftarrow m \hat\mu + (1 - m) \mu, \quad
+    \hat\sigma^2 \leftarrow m \hat\sigma^2 + (1 - m) \sigma^2
 
-  - ``freeze_stats``: always normalize with the running statistics and never update
-    them, in training too, while ``scale``/``bias`` stay trainable ("frozen BN"). Use it
-    to fine-tune a pretrained network with small batches (detection, segmentation),
-    where batch statistics would be noisy and would overwrite good running statistics.
-  - ``eval_with_batch_stats``: in evaluation (``use_running_average=True``) normalize
-    with the batch's own statistics, without updating the running ones. Use it when the
-    running statistics do not describe the evaluation data (domain shift, "AdaBN"), or
-    to evaluate a network whose running statistics were never trained; batches must
-    then be large and i.i.d.
+  In training :math:`\mu, \sigma^2` are the batch mean and biased variance over every
+  axis but ``axis`` (a stable shifted one-pass variance, merged exactly across devices
+  with ``axis_name``) and the running statistics :math:`\hat\mu, \hat\sigma^2`
+  (``batch_stats/mean``, ``batch_stats/var``, float32) move with momentum :math:`m`; in
+  evaluation :math:`\mu, \sigma^2` are the running statistics. :math:`\gamma` is
+  ``params/scale`` and :math:`\beta` ``params/bias``. See
+  :func:`jaxnorm.functional.batch_norm` for the math and the backward pass.
 
-  See :func:`jaxnorm.functional.batch_norm` for the math.
+  Attributes:
+    use_running_average: normalize with the running statistics (evaluation) instead of
+      the batch's; may instead be given at call time.
+    axis: the feature axis or axes, kept (the others are reduced); -1 for NHWC.
+    momentum: weight :math:`m` of the old running statistics, in [0, 1] (flax's
+      convention; PyTorch's ``momentum=0.1`` is 0.9 here).
+    epsilon: added to the variance, > 0.
+    dtype: the output dtype; None infers it from the input and the parameters, as flax.
+    param_dtype: the dtype of ``scale`` and ``bias``.
+    use_bias: learn the bias :math:`\beta`.
+    use_scale: learn the scale :math:`\gamma`.
+    bias_init: initializer of the bias (zeros).
+    scale_init: initializer of the scale (ones).
+    axis_name: the mapped axis (``shard_map``, ``pmap``) over which the batch
+      statistics are merged; None for one device or ``jax.jit`` with sharded inputs.
+    axis_index_groups: groups of devices along ``axis_name`` that merge separately.
+    use_fast_variance: accepted for compatibility with flax and ignored: the variance
+      is always the stable one.
+    force_float32_reductions: accepted for compatibility with flax and ignored:
+      reductions always run in at least float32.
+    freeze_stats: always normalize with the running statistics and never update them,
+      in training too, while ``scale``/``bias`` stay trainable ("frozen BN"). For
+      fine-tuning a pretrained network with small batches (detection, segmentation),
+      where batch statistics would be noisy and would overwrite good running ones.
+    eval_with_batch_stats: in evaluation (``use_running_average=True``) normalize with
+      the batch's own statistics, without updating the running ones. For evaluation data
+      that the running statistics do not describe (domain shift, "AdaBN"), or a network
+      whose running statistics were never trained; batches must then be large and i.i.d.
+
+  Running statistics are float32 whatever ``dtype`` and ``param_dtype`` are. During
+  ``init`` the statistics are not updated and ``axis_name`` is not used; a
+  training-mode ``init`` on a batch with one value per feature normalizes with the
+  initial running statistics instead of raising.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> import jaxnorm
+    >>> bn = jaxnorm.BatchNorm(use_running_average=False, momentum=0.9)
+    >>> x = jax.random.normal(jax.random.key(0), (8, 3)) * 2.0 + 5.0
+    >>> variables = bn.init(jax.random.key(1), x)
+    >>> y, updates = bn.apply(variables, x, mutable=["batch_stats"])
+    >>> bool(jnp.allclose(y.mean(0), 0.0, atol=1e-5))
+    True
+    >>> bool(jnp.allclose(updates["batch_stats"]["mean"], 0.1 * x.mean(0), atol=1e-5))
+    True
   """
 
   use_running_average: bool | None = None
