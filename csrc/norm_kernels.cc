@@ -942,38 +942,87 @@ ffi::Error check(bool ok, const char* what) {
   return ok ? ffi::Error::Success() : ffi::Error::InvalidArgument(what);
 }
 
-struct Attrs { int64_t instances; bool center, masked; };
+struct Attrs { bool center, masked; };
 
-ffi::Error make_geometry(const ffi::AnyBuffer& x, const ffi::AnyBuffer* params,
-                         const ffi::AnyBuffer* bias, const ffi::AnyBuffer* mask, Attrs a,
-                         Geometry* geo) {
-  auto d = x.dimensions();
-  if (d.size() != 4) return check(false, "jaxnorm kernels: x must be 4-D (B, S, G, K)");
-  *geo = Geometry{d[0], d[1], d[2], d[3], a.instances, 1, 1, 1, 1, 1, a.masked, a.center};
-  if (a.instances < 1 || geo->B % a.instances)
-    return check(false, "jaxnorm kernels: instances must divide B");
-  if (params) {
-    auto p = params->dimensions();
-    if (p.size() != 3 || p[1] != geo->G || (p[2] != 1 && p[2] != geo->K) ||
-        (p[0] != 1 && p[0] != a.instances) || params->element_type() != ffi::DataType::F32)
-      return check(false, "jaxnorm kernels: scale must be float32 (1 or instances, G, 1 or K)");
-    geo->Ks = p[2];
-    geo->scale_rows = p[0];
+// The layout attribute: [nb, ns, ng, nk, instances]. x has nb + ns + ng + nk axes; the
+// first nb form B, the next ns form S, then G and K (runs of the row-major array).
+struct Runs {
+  int64_t begin[4], end[4];
+};
+
+int64_t product(ffi::Span<const int64_t> d, int64_t begin, int64_t end, int64_t offset = 0) {
+  int64_t n = 1;
+  for (int64_t i = begin; i < end; ++i) n *= d[offset + i];
+  return n;
+}
+
+// Whether operand axes [begin, end) (shifted by offset) all equal x's, or all are 1.
+// Sets *full accordingly.
+bool all_or_none(ffi::Span<const int64_t> d, ffi::Span<const int64_t> xd, int64_t begin,
+                 int64_t end, int64_t offset, bool* full) {
+  bool same = true, ones = true;
+  for (int64_t i = begin; i < end; ++i) {
+    same &= d[offset + i] == xd[i];
+    ones &= d[offset + i] == 1;
   }
-  if (bias) {
-    auto p = bias->dimensions();
-    if (p.size() != 3 || p[1] != geo->G || p[2] != geo->Ks ||
-        (p[0] != 1 && p[0] != a.instances) || bias->element_type() != ffi::DataType::F32)
-      return check(false, "jaxnorm kernels: bias must be float32 like scale");
-    geo->bias_rows = p[0];
+  *full = same;
+  return same || ones;
+}
+
+ffi::Error make_geometry(const ffi::AnyBuffer& x, ffi::Span<const int64_t> layout,
+                         const ffi::AnyBuffer* params, const ffi::AnyBuffer* bias,
+                         const ffi::AnyBuffer* mask, Attrs a, Geometry* geo) {
+  auto d = x.dimensions();
+  const int64_t rank = int64_t(d.size());
+  if (layout.size() != 5 || layout[0] + layout[1] + layout[2] + layout[3] != rank)
+    return check(false, "jaxnorm kernels: layout must be [nb, ns, ng, nk, instances] with "
+                        "nb + ns + ng + nk = rank of x");
+  Runs runs;
+  int64_t at = 0;
+  for (int r = 0; r < 4; ++r) {
+    runs.begin[r] = at;
+    at += layout[r];
+    runs.end[r] = at;
+  }
+  const int64_t instances = layout[4];
+  *geo = Geometry{product(d, runs.begin[0], runs.end[0]), product(d, runs.begin[1], runs.end[1]),
+                  product(d, runs.begin[2], runs.end[2]), product(d, runs.begin[3], runs.end[3]),
+                  instances, 1, 1, 1, 1, 1, a.masked, a.center};
+  if (instances < 1 || geo->B % instances)
+    return check(false, "jaxnorm kernels: instances must divide B");
+  for (const ffi::AnyBuffer* p : {params, bias}) {
+    if (!p) continue;
+    auto pd = p->dimensions();
+    bool full_g, full_k;
+    if (int64_t(pd.size()) != rank + 1 || p->element_type() != ffi::DataType::F32 ||
+        (pd[0] != 1 && pd[0] != instances) || product(pd, runs.begin[0], runs.end[1], 1) != 1 ||
+        !all_or_none(pd, d, runs.begin[2], runs.end[2], 1, &full_g) || !full_g ||
+        !all_or_none(pd, d, runs.begin[3], runs.end[3], 1, &full_k))
+      return check(false, "jaxnorm kernels: scale and bias must be float32 (1 or instances, "
+                          "1 on B and S, x's sizes on G, x's sizes or 1 on K)");
+    const int64_t ks = full_k ? geo->K : 1;
+    if (p == params) {
+      geo->Ks = ks;
+      geo->scale_rows = pd[0];
+    } else {
+      if (params && ks != geo->Ks)
+        return check(false, "jaxnorm kernels: scale and bias must have the same shape");
+      geo->Ks = ks;
+      geo->bias_rows = pd[0];
+    }
   }
   if (mask && a.masked) {
-    auto m = mask->dimensions();
-    if (m.size() != 4 || m[0] != geo->B || m[1] != geo->S || (m[2] != 1 && m[2] != geo->G) ||
-        (m[3] != 1 && m[3] != geo->K) || mask->element_type() != ffi::DataType::PRED)
-      return check(false, "jaxnorm kernels: mask must be bool (B, S, 1 or G, 1 or K)");
-    geo->Gm = m[2];
-    geo->Km = m[3];
+    auto md = mask->dimensions();
+    bool full_g, full_k;
+    bool ok = int64_t(md.size()) == rank && mask->element_type() == ffi::DataType::PRED;
+    for (int64_t i = runs.begin[0]; ok && i < runs.end[1]; ++i) ok = md[i] == d[i];
+    ok = ok && all_or_none(md, d, runs.begin[2], runs.end[2], 0, &full_g) &&
+         all_or_none(md, d, runs.begin[3], runs.end[3], 0, &full_k);
+    if (!ok)
+      return check(false, "jaxnorm kernels: mask must be bool with x's sizes on B and S, and "
+                          "x's sizes or 1 on G and on K");
+    geo->Gm = full_g ? geo->G : 1;
+    geo->Km = full_k ? geo->K : 1;
   }
   return ffi::Error::Success();
 }
@@ -1008,18 +1057,23 @@ const float* f32(const ffi::AnyBuffer& b) {
   return reinterpret_cast<const float*>(b.untyped_data());
 }
 
+// Statistics: float32 with B * G elements (x's shape with size 1 on S and K).
 bool stats_shape(const ffi::AnyBuffer& s, const Geometry& geo) {
-  auto d = s.dimensions();
-  return d.size() == 2 && d[0] == geo.B && d[1] == geo.G &&
-         s.element_type() == ffi::DataType::F32;
+  return int64_t(s.element_count()) == geo.B * geo.G && s.element_type() == ffi::DataType::F32;
+}
+
+// Parameter cotangents: float32 with instances * G * Ks elements.
+bool per_instance_shape(ffi::Result<ffi::AnyBuffer>& s, const Geometry& geo) {
+  return int64_t(s->element_count()) == geo.instances * geo.G * geo.Ks &&
+         s->element_type() == ffi::DataType::F32;
 }
 
 ffi::Error MomentsImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer mask,
                        ffi::Result<ffi::AnyBuffer> shift, ffi::Result<ffi::AnyBuffer> delta,
                        ffi::Result<ffi::AnyBuffer> var, ffi::Result<ffi::AnyBuffer> count,
-                       int64_t instances, bool center, bool masked) {
+                       ffi::Span<const int64_t> layout, bool center, bool masked) {
   Geometry geo;
-  if (auto e = make_geometry(x, nullptr, nullptr, &mask, {instances, center, masked}, &geo);
+  if (auto e = make_geometry(x, layout, nullptr, nullptr, &mask, {center, masked}, &geo);
       e.failure())
     return e;
   return dispatch(x.element_type(), [&](auto tag) {
@@ -1032,13 +1086,14 @@ ffi::Error MomentsImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer ma
 
 ffi::Error ApplyImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer shift,
                      ffi::AnyBuffer delta, ffi::AnyBuffer rstd, ffi::AnyBuffer scale,
-                     ffi::AnyBuffer bias, ffi::Result<ffi::AnyBuffer> y, int64_t instances) {
+                     ffi::AnyBuffer bias, ffi::Result<ffi::AnyBuffer> y,
+                     ffi::Span<const int64_t> layout) {
   Geometry geo;
-  if (auto e = make_geometry(x, &scale, &bias, nullptr, {instances, true, false}, &geo);
+  if (auto e = make_geometry(x, layout, &scale, &bias, nullptr, {true, false}, &geo);
       e.failure())
     return e;
   if (!stats_shape(shift, geo) || !stats_shape(delta, geo) || !stats_shape(rstd, geo))
-    return check(false, "jaxnorm kernels: statistics must be float32 (B, G)");
+    return check(false, "jaxnorm kernels: statistics must be float32 with B * G elements");
   return dispatch(x.element_type(), [&](auto tag) {
     using T = decltype(tag);
     run_apply(make_kernel<T>(geo, x, nullptr, nullptr), &pool, f32(shift), f32(delta),
@@ -1052,10 +1107,10 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer ma
                        ffi::AnyBuffer scale, ffi::AnyBuffer bias,
                        ffi::Result<ffi::AnyBuffer> y, ffi::Result<ffi::AnyBuffer> shift,
                        ffi::Result<ffi::AnyBuffer> delta, ffi::Result<ffi::AnyBuffer> var,
-                       ffi::Result<ffi::AnyBuffer> count, int64_t instances, bool center,
+                       ffi::Result<ffi::AnyBuffer> count, ffi::Span<const int64_t> layout, bool center,
                        bool masked, float epsilon) {
   Geometry geo;
-  if (auto e = make_geometry(x, &scale, &bias, &mask, {instances, center, masked}, &geo);
+  if (auto e = make_geometry(x, layout, &scale, &bias, &mask, {center, masked}, &geo);
       e.failure())
     return e;
   return dispatch(x.element_type(), [&](auto tag) {
@@ -1072,16 +1127,18 @@ ffi::Error BackwardSumsImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuff
                             ffi::AnyBuffer scale, ffi::Result<ffi::AnyBuffer> sum_g,
                             ffi::Result<ffi::AnyBuffer> sum_gx,
                             ffi::Result<ffi::AnyBuffer> dscale,
-                            ffi::Result<ffi::AnyBuffer> dbias, int64_t instances,
+                            ffi::Result<ffi::AnyBuffer> dbias, ffi::Span<const int64_t> layout,
                             bool center) {
   Geometry geo;
-  if (auto e = make_geometry(x, &scale, nullptr, nullptr, {instances, center, false}, &geo);
+  if (auto e = make_geometry(x, layout, &scale, nullptr, nullptr, {center, false}, &geo);
       e.failure())
     return e;
   if (dy.element_type() != x.element_type() || dy.element_count() != x.element_count())
     return check(false, "jaxnorm kernels: dy must have x's shape and dtype");
   if (!stats_shape(shift, geo) || !stats_shape(delta, geo) || !stats_shape(rstd, geo))
-    return check(false, "jaxnorm kernels: statistics must be float32 (B, G)");
+    return check(false, "jaxnorm kernels: statistics must be float32 with B * G elements");
+  if (!per_instance_shape(dscale, geo) || !per_instance_shape(dbias, geo))
+    return check(false, "jaxnorm kernels: dscale and dbias must have instances * G * Ks elements");
   return dispatch(x.element_type(), [&](auto tag) {
     using T = decltype(tag);
     run_backward_sums<T>(make_kernel<T>(geo, x, &dy, nullptr), &pool,
@@ -1095,16 +1152,17 @@ ffi::Error BackwardDxImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer
                           ffi::AnyBuffer mask, ffi::AnyBuffer shift, ffi::AnyBuffer delta,
                           ffi::AnyBuffer rstd, ffi::AnyBuffer count, ffi::AnyBuffer scale,
                           ffi::AnyBuffer sum_g, ffi::AnyBuffer sum_gx,
-                          ffi::Result<ffi::AnyBuffer> dx, int64_t instances, bool center,
+                          ffi::Result<ffi::AnyBuffer> dx, ffi::Span<const int64_t> layout, bool center,
                           bool masked) {
   Geometry geo;
-  if (auto e = make_geometry(x, &scale, nullptr, &mask, {instances, center, masked}, &geo);
+  if (auto e = make_geometry(x, layout, &scale, nullptr, &mask, {center, masked}, &geo);
       e.failure())
     return e;
   if (dy.element_type() != x.element_type() || dy.element_count() != x.element_count())
     return check(false, "jaxnorm kernels: dy must have x's shape and dtype");
   for (const ffi::AnyBuffer* s : {&shift, &delta, &rstd, &count, &sum_g, &sum_gx})
-    if (!stats_shape(*s, geo)) return check(false, "jaxnorm kernels: statistics must be float32 (B, G)");
+    if (!stats_shape(*s, geo))
+      return check(false, "jaxnorm kernels: statistics must be float32 with B * G elements");
   return dispatch(x.element_type(), [&](auto tag) {
     using T = decltype(tag);
     run_dx<T>(make_kernel<T>(geo, x, &dy, &mask), &pool,
@@ -1118,16 +1176,19 @@ ffi::Error BackwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer d
                         ffi::AnyBuffer mask, ffi::AnyBuffer shift, ffi::AnyBuffer delta,
                         ffi::AnyBuffer rstd, ffi::AnyBuffer count, ffi::AnyBuffer scale,
                         ffi::Result<ffi::AnyBuffer> dx, ffi::Result<ffi::AnyBuffer> dscale,
-                        ffi::Result<ffi::AnyBuffer> dbias, int64_t instances, bool center,
+                        ffi::Result<ffi::AnyBuffer> dbias, ffi::Span<const int64_t> layout, bool center,
                         bool masked) {
   Geometry geo;
-  if (auto e = make_geometry(x, &scale, nullptr, &mask, {instances, center, masked}, &geo);
+  if (auto e = make_geometry(x, layout, &scale, nullptr, &mask, {center, masked}, &geo);
       e.failure())
     return e;
   if (dy.element_type() != x.element_type() || dy.element_count() != x.element_count())
     return check(false, "jaxnorm kernels: dy must have x's shape and dtype");
   for (const ffi::AnyBuffer* s : {&shift, &delta, &rstd, &count})
-    if (!stats_shape(*s, geo)) return check(false, "jaxnorm kernels: statistics must be float32 (B, G)");
+    if (!stats_shape(*s, geo))
+      return check(false, "jaxnorm kernels: statistics must be float32 with B * G elements");
+  if (!per_instance_shape(dscale, geo) || !per_instance_shape(dbias, geo))
+    return check(false, "jaxnorm kernels: dscale and dbias must have instances * G * Ks elements");
   return dispatch(x.element_type(), [&](auto tag) {
     using T = decltype(tag);
     const Kernel<T> kern = make_kernel<T>(geo, x, &dy, &mask);
@@ -1170,7 +1231,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxnormNormMoments, jaxnorm::MomentsImpl,
                                   .Ret<ffi::AnyBuffer>()   // delta
                                   .Ret<ffi::AnyBuffer>()   // var
                                   .Ret<ffi::AnyBuffer>()   // count
-                                  .Attr<int64_t>("instances")
+                                  .Attr<ffi::Span<const int64_t>>("layout")
                                   .Attr<bool>("center")
                                   .Attr<bool>("masked"));
 
@@ -1184,7 +1245,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxnormNormApply, jaxnorm::ApplyImpl,
                                   .Arg<ffi::AnyBuffer>()   // scale
                                   .Arg<ffi::AnyBuffer>()   // bias
                                   .Ret<ffi::AnyBuffer>()   // y
-                                  .Attr<int64_t>("instances"));
+                                  .Attr<ffi::Span<const int64_t>>("layout"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxnormNormForward, jaxnorm::ForwardImpl,
                               ffi::Ffi::Bind()
@@ -1198,7 +1259,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxnormNormForward, jaxnorm::ForwardImpl,
                                   .Ret<ffi::AnyBuffer>()   // delta
                                   .Ret<ffi::AnyBuffer>()   // var
                                   .Ret<ffi::AnyBuffer>()   // count
-                                  .Attr<int64_t>("instances")
+                                  .Attr<ffi::Span<const int64_t>>("layout")
                                   .Attr<bool>("center")
                                   .Attr<bool>("masked")
                                   .Attr<float>("epsilon"));
@@ -1216,7 +1277,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxnormNormBackwardSums, jaxnorm::BackwardSumsImpl
                                   .Ret<ffi::AnyBuffer>()   // sum_gx
                                   .Ret<ffi::AnyBuffer>()   // dscale
                                   .Ret<ffi::AnyBuffer>()   // dbias
-                                  .Attr<int64_t>("instances")
+                                  .Attr<ffi::Span<const int64_t>>("layout")
                                   .Attr<bool>("center"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxnormNormBackwardDx, jaxnorm::BackwardDxImpl,
@@ -1233,7 +1294,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxnormNormBackwardDx, jaxnorm::BackwardDxImpl,
                                   .Arg<ffi::AnyBuffer>()   // sum_g
                                   .Arg<ffi::AnyBuffer>()   // sum_gx
                                   .Ret<ffi::AnyBuffer>()   // dx
-                                  .Attr<int64_t>("instances")
+                                  .Attr<ffi::Span<const int64_t>>("layout")
                                   .Attr<bool>("center")
                                   .Attr<bool>("masked"));
 
@@ -1251,7 +1312,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxnormNormBackward, jaxnorm::BackwardImpl,
                                   .Ret<ffi::AnyBuffer>()   // dx
                                   .Ret<ffi::AnyBuffer>()   // dscale
                                   .Ret<ffi::AnyBuffer>()   // dbias
-                                  .Attr<int64_t>("instances")
+                                  .Attr<ffi::Span<const int64_t>>("layout")
                                   .Attr<bool>("center")
                                   .Attr<bool>("masked"));
 

@@ -1,11 +1,17 @@
-"""Viewing a normalization as (B, S, G, K): statistics per (b, g) over (s, k).
+"""Viewing a normalization as runs of axes B, S, G, K: statistics per (b, g) over (s, k).
 
-The kernels see ``x`` reshaped (no transpose) to four axes: kept axes B and G,
-reduced axes S and K, in this order. A normalization fits when, after merging
-neighbouring axes of the same kind (size-1 axes fit either), its axes read
-kept-reduced-kept-reduced or a part of it: layer norm (B, K), batch norm with
-features last (S, G), NCHW batch norm (S, G, K), instance and group norm
-(B, S, G, K).
+The kernels take ``x`` as it is (no reshape, no transpose) together with a *layout*
+``(nb, ns, ng, nk)``: its first ``nb`` axes form B (kept), the next ``ns`` S
+(reduced), then ``ng`` G (kept) and ``nk`` K (reduced); the kernel works on the
+row-major (B, S, G, K) view. A normalization fits when, after merging neighbouring
+axes of the same kind (size-1 axes fit either), its axes read kept-reduced-kept-reduced
+or a part of it: layer norm (B, K), batch norm with features last (S, G), NCHW batch
+norm (S, G, K), instance and group norm (B, S, G, K). Because no axis is merged by a
+reshape, each keeps its own sharding under ``jax.jit``.
+
+Statistics have ``x``'s rank with size 1 on S and K ("keep-dims"); parameters have
+``x``'s rank with size 1 on B and S, ``x``'s sizes on G and ``x``'s sizes or 1 on K; a
+mask has ``x``'s sizes on B and S and ``x``'s sizes or 1 on G and on K.
 """
 
 from __future__ import annotations
@@ -19,17 +25,25 @@ import jax.numpy as jnp
 
 
 class Geometry(NamedTuple):
-  """How ``x`` of ``shape`` maps onto the kernels' (B, S, G, K) view.
+  """How ``x`` of ``shape`` reduced over ``reduce_axes`` maps onto runs B, S, G, K.
 
   Attributes:
     shape: the shape of ``x``.
-    reduce_axes: the reduced axes (sorted).
-    runs: for each of B, S, G, K, the axes of ``x`` merged into it (possibly none).
+    reduce_axes: the reduced axes (sorted, non-negative).
+    layout: ``(nb, ns, ng, nk)``, the number of axes in each run.
   """
 
   shape: tuple[int, ...]
   reduce_axes: tuple[int, ...]
-  runs: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]]
+  layout: tuple[int, int, int, int]
+
+  @property
+  def runs(self) -> tuple[tuple[int, ...], ...]:
+    """The axes of each of B, S, G, K."""
+    bounds = [0]
+    for n in self.layout:
+      bounds.append(bounds[-1] + n)
+    return tuple(tuple(range(bounds[r], bounds[r + 1])) for r in range(4))
 
   @property
   def dims(self) -> tuple[int, int, int, int]:
@@ -38,85 +52,74 @@ class Geometry(NamedTuple):
 
   @property
   def stats_shape(self) -> tuple[int, ...]:
-    """The keep-dims shape of the per-group statistics (reduced axes of size 1)."""
-    return tuple(1 if a in self.reduce_axes else n for a, n in enumerate(self.shape))
+    return stats_shape(self.shape, self.layout)
 
-  def to_4d(self, x: jax.Array) -> jax.Array:
-    return x.reshape(self.dims)
+  def param_ks(self, *params) -> int | None:
+    """K when a parameter varies along the K run, else 1; None if one varies along B or S.
 
-  def from_4d(self, x4: jax.Array) -> jax.Array:
-    return x4.reshape(self.shape)
-
-  def stats_from_2d(self, v: jax.Array) -> jax.Array:
-    """(B, G) statistics to the keep-dims shape."""
-    return v.reshape(self.stats_shape)
-
-  def stats_to_2d(self, v: jax.Array) -> jax.Array:
-    """Keep-dims statistics (or anything broadcasting to them) to (B, G)."""
-    b, _, g, _ = self.dims
-    return jnp.broadcast_to(v, self.stats_shape).reshape(b, g)
-
-  def param_layout(self, *params) -> tuple[int, int] | None:
-    """``(G, Ks)`` for parameters broadcastable to ``x``, or None if they vary over B or S.
-
-    Ks is K when any parameter varies along an axis of the K run, else 1.
+    Parameters broadcast against ``x`` (any rank up to ``x``'s).
     """
-    b_run, s_run, g_run, k_run = self.runs
+    b_run, s_run, _, k_run = self.runs
     varies_k = False
     for p in params:
       if p is None:
         continue
-      p_shape = (1,) * (len(self.shape) - p.ndim) + tuple(p.shape)
+      p_shape = _padded_shape(p, len(self.shape))
       if any(p_shape[a] != 1 for a in b_run + s_run):
         return None
       varies_k |= any(p_shape[a] != 1 for a in k_run)
-    _, _, g, k = self.dims
-    return g, (k if varies_k else 1)
+    return self.dims[3] if varies_k else 1
 
-  def param_to_3d(self, p: jax.Array | None, ks: int) -> jax.Array | None:
-    """A parameter broadcastable to ``x`` as float32 (1, G, Ks)."""
+  def param_shape(self, ks: int) -> tuple[int, ...]:
+    """The kernels' shape of a parameter (without the leading row axis)."""
+    _, _, g_run, k_run = self.runs
+    kept = set(g_run) | (set(k_run) if ks != 1 else set())
+    return tuple(n if a in kept else 1 for a, n in enumerate(self.shape))
+
+  def param(self, p: jax.Array | None, ks: int) -> jax.Array | None:
+    """A parameter broadcastable to ``x`` in the kernels' shape, float32."""
     if p is None:
       return None
-    _, _, g_run, k_run = self.runs
-    p = p.reshape((1,) * (len(self.shape) - p.ndim) + tuple(p.shape))
-    kept = g_run + (k_run if ks != 1 else ())
-    target = tuple(self.shape[a] if a in kept else 1 for a in range(len(self.shape)))
-    p = jnp.broadcast_to(p, target)
-    _, _, g, _ = self.dims
-    return p.reshape(1, g, ks).astype(jnp.float32)
+    p = jnp.asarray(p).reshape(_padded_shape(p, len(self.shape)))
+    return jnp.broadcast_to(p, self.param_shape(ks)).astype(jnp.float32)
 
-  def param_from_3d(self, d: jax.Array, like: jax.Array) -> jax.Array:
-    """A (1, G, Ks) parameter cotangent summed back to ``like``'s shape and dtype."""
-    _, _, g_run, k_run = self.runs
-    ks = d.shape[-1]
-    kept = g_run + (k_run if ks != 1 else ())
-    full = d.reshape(tuple(self.shape[a] if a in kept else 1
-                           for a in range(len(self.shape))))
-    like_shape = (1,) * (len(self.shape) - like.ndim) + tuple(like.shape)
-    axes = tuple(a for a in range(len(self.shape)) if like_shape[a] == 1 and full.shape[a] != 1)
+  def param_cotangent(self, d: jax.Array, like: jax.Array) -> jax.Array:
+    """A cotangent in the kernels' parameter shape summed back to ``like``'s shape."""
+    like_shape = _padded_shape(like, len(self.shape))
+    axes = tuple(a for a in range(len(self.shape)) if like_shape[a] == 1 and d.shape[a] != 1)
     if axes:
-      full = jnp.sum(full, axis=axes, keepdims=True)
-    return full.reshape(like.shape).astype(like.dtype)
+      d = jnp.sum(d, axis=axes, keepdims=True)
+    return d.reshape(jnp.shape(like)).astype(like.dtype)
 
-  def mask_to_4d(self, mask: jax.Array | None) -> jax.Array | None:
-    """A mask broadcastable to ``x`` as bool (B, S, Gm, Km), Gm in {1, G}, Km in {1, K}."""
+  def mask(self, mask: jax.Array | None) -> jax.Array | None:
+    """A mask broadcastable to ``x`` in the kernels' shape (bool)."""
     if mask is None:
       return None
     _, _, g_run, k_run = self.runs
-    m_shape = (1,) * (len(self.shape) - mask.ndim) + tuple(mask.shape)
-    mask = mask.reshape(m_shape)
-    varies_g = any(m_shape[a] != 1 for a in g_run)
-    varies_k = any(m_shape[a] != 1 for a in k_run)
-    kept = set(range(len(self.shape))) - set(g_run if not varies_g else ()) - set(
-        k_run if not varies_k else ())
-    target = tuple(self.shape[a] if a in kept else 1 for a in range(len(self.shape)))
-    b, s, g, k = self.dims
-    return jnp.broadcast_to(mask.astype(jnp.bool_), target).reshape(
-        b, s, g if varies_g else 1, k if varies_k else 1)
+    m_shape = _padded_shape(mask, len(self.shape))
+    mask = jnp.asarray(mask).reshape(m_shape)
+    keep_one = set()
+    for run in (g_run, k_run):
+      if all(m_shape[a] == 1 for a in run):
+        keep_one |= set(run)
+    target = tuple(1 if a in keep_one else n for a, n in enumerate(self.shape))
+    return jnp.broadcast_to(mask.astype(jnp.bool_), target)
+
+
+def _padded_shape(p, rank: int) -> tuple[int, ...]:
+  shape = tuple(jnp.shape(p))
+  return (1,) * (rank - len(shape)) + shape
+
+
+def stats_shape(shape: Sequence[int], layout: Sequence[int]) -> tuple[int, ...]:
+  """``shape`` with size 1 on the S and K runs of ``layout``."""
+  nb, ns, ng, nk = layout
+  reduced = set(range(nb, nb + ns)) | set(range(nb + ns + ng, nb + ns + ng + nk))
+  return tuple(1 if a in reduced else n for a, n in enumerate(shape))
 
 
 def geometry(shape: Sequence[int], reduce_axes: Sequence[int]) -> Geometry | None:
-  """The (B, S, G, K) view of ``x.shape`` reduced over ``reduce_axes``, or None.
+  """The runs (B, S, G, K) of ``x.shape`` reduced over ``reduce_axes``, or None.
 
   Example:
     >>> from jaxnorm import kernels
@@ -124,33 +127,36 @@ def geometry(shape: Sequence[int], reduce_axes: Sequence[int]) -> Geometry | Non
     (1, 2048, 32, 1)
     >>> kernels.geometry((4, 10, 64), (2,)).dims              # layer norm
     (40, 1, 1, 64)
-    >>> kernels.geometry((4, 5, 6), (1,)) is None or True     # (B, S, G) fits too
-    True
+    >>> kernels.geometry((4, 6, 5), (0, 2)).layout            # reduced, kept, reduced
+    (0, 1, 1, 1)
+    >>> print(kernels.geometry((2, 3, 4, 5, 6), (1, 3)))      # kept-reduced x 2, then kept
+    None
   """
   shape = tuple(int(n) for n in shape)
-  reduced = {int(a) % len(shape) for a in reduce_axes} if shape else set()
-  # Runs of neighbouring axes of one kind; size-1 axes join the current run.
-  runs: list[tuple[bool, list[int]]] = []
+  rank = len(shape)
+  reduced = {int(a) % rank for a in reduce_axes} if rank else set()
+  # Runs of neighbouring axes of one kind; a size-1 axis joins the run before it.
+  kinds: list[bool] = []
+  sizes: list[int] = []
   for axis, size in enumerate(shape):
     kind = axis in reduced
-    if runs and (runs[-1][0] == kind or size == 1):
-      runs[-1][1].append(axis)
-    elif not runs and size == 1:
-      runs.append((kind, [axis]))
+    if kinds and (kinds[-1] == kind or size == 1):
+      sizes[-1] += 1
     else:
-      runs.append((kind, [axis]))
+      kinds.append(kind)
+      sizes.append(1)
   # Slots B (kept), S (reduced), G (kept), K (reduced), filled in order.
-  slots: list[list[int]] = [[], [], [], []]
+  layout = [0, 0, 0, 0]
   slot = 0
-  for kind, axes in runs:
+  for kind, count in zip(kinds, sizes):
     while slot < 4 and (slot % 2 == 1) != kind:
       slot += 1
     if slot >= 4:
       return None
-    slots[slot].extend(axes)
+    layout[slot] = count
     slot += 1
-  # A lone reduced run sits in S; put it in K (reduction along contiguous memory) when
-  # nothing is kept after it, so layer norm is (B, 1, 1, K).
-  if not slots[2] and not slots[3] and slots[1]:
-    slots[1], slots[3] = [], slots[1]
-  return Geometry(shape, tuple(sorted(reduced)), tuple(tuple(s) for s in slots))
+  # A lone reduced run after B goes to K (reduced along contiguous memory: layer norm is
+  # (B, 1, 1, K)); likewise S, G with nothing after them stay as they are.
+  if layout[1] and not layout[2] and not layout[3]:
+    layout[1], layout[3] = 0, layout[1]
+  return Geometry(shape, tuple(sorted(reduced)), tuple(layout))

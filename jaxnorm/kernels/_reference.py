@@ -5,20 +5,47 @@ do not (GPU, TPU, or no library) and give the kernels their derivatives: each ke
 operation is differentiated through its reference here (second-order derivatives of the
 fused layers therefore stay available).
 
-Conventions (see csrc/norm_kernels.cc): ``x`` is (B, S, G, K); statistics are float32
-(B, G); parameters are (P, G, Ks) with P in {1, I} (I = ``instances``: problems folded
-into B, each with its own parameter row) and Ks in {1, K}; parameter cotangents are
-(I, G, Ks); a mask is bool (B, S, Gm, Km) with Gm in {1, G}, Km in {1, K}.
+Conventions (see ``_geometry`` and csrc/norm_kernels.cc): ``x`` has runs of axes
+``layout = (nb, ns, ng, nk)`` viewed as (B, S, G, K); statistics are float32 with
+``x``'s rank and size 1 on S and K; parameters have a leading row axis P in {1, I}
+(I = ``instances``: problems folded into B, each with its own parameter row) and then
+``x``'s rank, size 1 on B and S, and Ks in {1, K} elements on K; parameter cotangents
+have I rows; a mask is bool with G and K each full or 1. Each function views its
+operands as 4-D (reshapes only) and returns results in the operands' shapes.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
+
+from jaxnorm.kernels._geometry import stats_shape
 
 _SHIFT_SAMPLES = 16
 f32 = jnp.float32
+
+
+def _dims(shape, layout):
+  bounds = np.cumsum((0,) + tuple(layout))
+  return tuple(int(np.prod(shape[bounds[r]:bounds[r + 1]])) for r in range(4))
+
+
+def _view(x, layout):
+  """``x`` (or a mask) as 4-D (B, S, G or 1, K or 1)."""
+  return x.reshape(_dims(x.shape, layout))
+
+
+def _stats_view(v, x_shape, layout):
+  b, _, g, _ = _dims(x_shape, layout)
+  return v.reshape(b, g)
+
+
+def _param_view(p, x_shape, layout):
+  """(P, ...) parameters as (P, G, Ks)."""
+  _, _, g, _ = _dims(x_shape, layout)
+  return p.reshape(p.shape[0], g, -1)
 
 
 def _by_instance(t: jax.Array, instances: int) -> jax.Array:
@@ -43,7 +70,7 @@ def _full_mask(mask, shape):
   return None if mask is None else jnp.broadcast_to(mask, shape)
 
 
-def moments(x, mask, *, center: bool):
+def _moments_4d(x, mask, *, center: bool):
   """``(shift, delta, var, count)``: per-group shift (the mean of the first 16 valid
   elements in (s, k) order, 0 if none), ``delta = mean - shift``, biased variance, valid
   count."""
@@ -82,7 +109,7 @@ def moments(x, mask, *, center: bool):
   return shift, delta, var, count
 
 
-def apply(x, shift, delta, rstd, scale, bias, *, instances: int):
+def _apply_4d(x, shift, delta, rstd, scale, bias, *, instances: int):
   """``y = ((x - shift) - delta) * (rstd * scale) + bias`` in x's dtype."""
   xi = _by_instance(x.astype(f32), instances)
   sh, de, rs = (_by_instance(_expand(v), instances) for v in (shift, delta, rstd))
@@ -90,15 +117,15 @@ def apply(x, shift, delta, rstd, scale, bias, *, instances: int):
   return y.reshape(x.shape).astype(x.dtype)
 
 
-def forward(x, mask, scale, bias, *, epsilon: float, center: bool, instances: int):
+def _forward_4d(x, mask, scale, bias, *, epsilon: float, center: bool, instances: int):
   """``(y, shift, delta, var, count)``: statistics, then the normalized output."""
-  shift, delta, var, count = moments(x, mask, center=center)
+  shift, delta, var, count = _moments_4d(x, mask, center=center)
   rstd = lax.rsqrt(var + epsilon)
-  y = apply(x, shift, delta, rstd, scale, bias, instances=instances)
+  y = _apply_4d(x, shift, delta, rstd, scale, bias, instances=instances)
   return y, shift, delta, var, count
 
 
-def backward_sums(x, dy, shift, delta, rstd, scale, *, center: bool, instances: int):
+def _backward_sums_4d(x, dy, shift, delta, rstd, scale, *, center: bool, instances: int):
   """``(sum_g, sum_gx, dscale, dbias)`` with ``g = dy * scale``, over all positions.
 
   ``sum_g``, ``sum_gx`` (= sum of ``g * xhat``) are per group (B, G); ``dscale``
@@ -122,7 +149,7 @@ def backward_sums(x, dy, shift, delta, rstd, scale, *, center: bool, instances: 
   return sum_g, sum_gx, dscale, dbias
 
 
-def backward_dx(x, dy, mask, shift, delta, rstd, count, scale, sum_g, sum_gx, *,
+def _backward_dx_4d(x, dy, mask, shift, delta, rstd, count, scale, sum_g, sum_gx, *,
                 center: bool, instances: int):
   r"""``dx = rstd * g - [valid] rstd / n * ((center ? sum_g : 0) + xhat * sum_gx)``."""
   xi = _by_instance(x.astype(f32), instances)
@@ -137,10 +164,71 @@ def backward_dx(x, dy, mask, shift, delta, rstd, count, scale, sum_g, sum_gx, *,
   return (rs * g + correction).reshape(x.shape).astype(x.dtype)
 
 
-def backward(x, dy, mask, shift, delta, rstd, count, scale, *, center: bool, instances: int):
+def _backward_4d(x, dy, mask, shift, delta, rstd, count, scale, *, center: bool, instances: int):
   """``(dx, dscale, dbias)``: :func:`backward_sums` then :func:`backward_dx`."""
-  sum_g, sum_gx, dscale, dbias = backward_sums(x, dy, shift, delta, rstd, scale,
-                                               center=center, instances=instances)
-  dx = backward_dx(x, dy, mask, shift, delta, rstd, count, scale, sum_g, sum_gx,
-                   center=center, instances=instances)
+  sum_g, sum_gx, dscale, dbias = _backward_sums_4d(x, dy, shift, delta, rstd, scale,
+                                                   center=center, instances=instances)
+  dx = _backward_dx_4d(x, dy, mask, shift, delta, rstd, count, scale, sum_g, sum_gx,
+                       center=center, instances=instances)
   return dx, dscale, dbias
+
+
+# --- the operations on operands in the kernels' shapes ------------------------------
+
+
+def moments(x, mask, *, layout, center: bool):
+  """See :func:`_moments_4d`; statistics in the keep-dims shape."""
+  shape = stats_shape(x.shape, layout)
+  outs = _moments_4d(_view(x, layout), None if mask is None else _view(mask, layout),
+                     center=center)
+  return tuple(v.reshape(shape) for v in outs)
+
+
+def apply(x, shift, delta, rstd, scale, bias, *, layout, instances: int):
+  s = [_stats_view(v, x.shape, layout) for v in (shift, delta, rstd)]
+  y = _apply_4d(_view(x, layout), *s, _param_view(scale, x.shape, layout),
+                _param_view(bias, x.shape, layout), instances=instances)
+  return y.reshape(x.shape)
+
+
+def forward(x, mask, scale, bias, *, layout, epsilon: float, center: bool, instances: int):
+  shape = stats_shape(x.shape, layout)
+  y, *stats = _forward_4d(_view(x, layout), None if mask is None else _view(mask, layout),
+                          _param_view(scale, x.shape, layout),
+                          _param_view(bias, x.shape, layout), epsilon=epsilon,
+                          center=center, instances=instances)
+  return (y.reshape(x.shape),) + tuple(v.reshape(shape) for v in stats)
+
+
+def backward_sums(x, dy, shift, delta, rstd, scale, *, layout, center: bool, instances: int):
+  shape = stats_shape(x.shape, layout)
+  s = [_stats_view(v, x.shape, layout) for v in (shift, delta, rstd)]
+  sum_g, sum_gx, dscale, dbias = _backward_sums_4d(
+      _view(x, layout), _view(dy, layout), *s, _param_view(scale, x.shape, layout),
+      center=center, instances=instances)
+  param_shape = (instances,) + scale.shape[1:]
+  return (sum_g.reshape(shape), sum_gx.reshape(shape), dscale.reshape(param_shape),
+          dbias.reshape(param_shape))
+
+
+def backward_dx(x, dy, mask, shift, delta, rstd, count, scale, sum_g, sum_gx, *, layout,
+                center: bool, instances: int):
+  s = [_stats_view(v, x.shape, layout) for v in (shift, delta, rstd, count)]
+  dx = _backward_dx_4d(_view(x, layout), _view(dy, layout),
+                       None if mask is None else _view(mask, layout), *s,
+                       _param_view(scale, x.shape, layout),
+                       _stats_view(sum_g, x.shape, layout),
+                       _stats_view(sum_gx, x.shape, layout), center=center,
+                       instances=instances)
+  return dx.reshape(x.shape)
+
+
+def backward(x, dy, mask, shift, delta, rstd, count, scale, *, layout, center: bool,
+             instances: int):
+  s = [_stats_view(v, x.shape, layout) for v in (shift, delta, rstd, count)]
+  dx, dscale, dbias = _backward_4d(_view(x, layout), _view(dy, layout),
+                                   None if mask is None else _view(mask, layout), *s,
+                                   _param_view(scale, x.shape, layout), center=center,
+                                   instances=instances)
+  param_shape = (instances,) + scale.shape[1:]
+  return dx.reshape(x.shape), dscale.reshape(param_shape), dbias.reshape(param_shape)
