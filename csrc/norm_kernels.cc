@@ -127,6 +127,83 @@ JAXNORM_INLINE void store(f16* p, float v) {
 #endif
 
 // ----------------------------------------------------------------------------------
+// Eight-float vectors (GCC/Clang vector extensions): two of them hold the 16 lanes of a
+// reduction. Lane j sums the elements k = j (mod 16) of a block, so the result does not
+// depend on how wide the machine's vectors are.
+
+typedef float v8f __attribute__((vector_size(32)));
+typedef uint32_t v8u __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+typedef uint16_t v8h __attribute__((vector_size(16)));
+typedef uint8_t v8b __attribute__((vector_size(8)));
+
+JAXNORM_INLINE v8f splat(float v) { return v8f{} + v; }
+
+JAXNORM_INLINE v8f load8(const float* p) {
+  v8f v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+JAXNORM_INLINE v8f load8(const bf16* p) {
+  v8h h;
+  std::memcpy(&h, p, sizeof(h));
+  const v8u w = __builtin_convertvector(h, v8u) << 16;
+  v8f v;
+  std::memcpy(&v, &w, sizeof(v));
+  return v;
+}
+
+JAXNORM_INLINE v8f load8(const f16* p) {
+#if defined(__FLT16_MANT_DIG__)
+  typedef _Float16 v8f16 __attribute__((vector_size(16)));
+  v8f16 h;
+  std::memcpy(&h, p, sizeof(h));
+  return __builtin_convertvector(h, v8f);
+#else
+  v8f v;
+  for (int j = 0; j < 8; ++j) v[j] = load(p[j]);
+  return v;
+#endif
+}
+
+JAXNORM_INLINE void store8(float* p, v8f v) { std::memcpy(p, &v, sizeof(v)); }
+
+JAXNORM_INLINE void store8(bf16* p, v8f v) {
+  v8u u;
+  std::memcpy(&u, &v, sizeof(u));
+  const v8u rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  const v8u nan = (u >> 16) | 0x40u;
+  const v8u bits = (u & 0x7FFFFFFFu) > 0x7F800000u ? nan : rounded;
+  const v8h h = __builtin_convertvector(bits, v8h);
+  std::memcpy(p, &h, sizeof(h));
+}
+
+JAXNORM_INLINE void store8(f16* p, v8f v) {
+#if defined(__FLT16_MANT_DIG__)
+  typedef _Float16 v8f16 __attribute__((vector_size(16)));
+  const v8f16 h = __builtin_convertvector(v, v8f16);
+  std::memcpy(p, &h, sizeof(h));
+#else
+  for (int j = 0; j < 8; ++j) store(p + j, v[j]);
+#endif
+}
+
+// The mask entries as 1.0 (valid) or 0.0.
+JAXNORM_INLINE v8f load8_mask(const uint8_t* m) {
+  v8b b;
+  std::memcpy(&b, m, sizeof(b));
+  return __builtin_convertvector(b != 0, v8f) * -1.0f;  // true is -1 in vector compares
+}
+
+JAXNORM_INLINE float fold(v8f a, v8f b) {
+  float t = 0.0f;
+  for (int j = 0; j < 8; ++j) t += a[j];
+  for (int j = 0; j < 8; ++j) t += b[j];
+  return t;
+}
+
+// ----------------------------------------------------------------------------------
 // Geometry and work split.
 
 struct Geometry {
@@ -252,24 +329,26 @@ struct MaskView {
 template <bool Masked, class T>
 JAXNORM_INLINE void segment_moments(const T* x, const uint8_t* m, int64_t n, float shift,
                                     double& s1, double& s2, double& count) {
+  const v8f sh = splat(shift), zero = {};
   for (int64_t base = 0; base < n; base += kBlock) {
     const int64_t end = std::min(n, base + kBlock);
-    float a1[kLanes] = {}, a2[kLanes] = {}, an[kLanes] = {};
+    v8f a1 = {}, b1 = {}, a2 = {}, b2 = {}, an = {}, bn = {};
     int64_t k = base;
     for (; k + kLanes <= end; k += kLanes) {
-      for (int j = 0; j < kLanes; ++j) {
-        float c = load(x[k + j]) - shift;
-        if (Masked) {
-          const bool valid = m[k + j] != 0;
-          c = valid ? c : 0.0f;
-          an[j] += valid ? 1.0f : 0.0f;
-        }
-        a1[j] += c;
-        a2[j] += c * c;
+      v8f c0 = load8(x + k) - sh, c1 = load8(x + k + 8) - sh;
+      if (Masked) {
+        const v8f w0 = load8_mask(m + k), w1 = load8_mask(m + k + 8);
+        c0 = w0 > zero ? c0 : zero;
+        c1 = w1 > zero ? c1 : zero;
+        an += w0;
+        bn += w1;
       }
+      a1 += c0;
+      b1 += c1;
+      a2 += c0 * c0;
+      b2 += c1 * c1;
     }
-    float t1 = 0.0f, t2 = 0.0f, tn = 0.0f;
-    for (int j = 0; j < kLanes; ++j) { t1 += a1[j]; t2 += a2[j]; tn += an[j]; }
+    float t1 = fold(a1, b1), t2 = fold(a2, b2), tn = fold(an, bn);
     for (; k < end; ++k) {
       float c = load(x[k]) - shift;
       const bool valid = !Masked || m[k] != 0;
@@ -437,14 +516,19 @@ JAXNORM_INLINE void apply_rows_impl(const Kernel<T>& kern, int64_t b, int64_t s_
         const float sh = shift[g], de = delta[g], rs = rstd[g];
         const T* xg = r + g * K;
         T* yg = out + g * K;
+        const v8f shv = splat(sh), dev = splat(de), rsv = splat(rs);
+        int64_t k = 0;
         if (Ks == K) {
           const float* sc = scale + g * K;
           const float* bi = bias + g * K;
-          for (int64_t k = 0; k < K; ++k)
-            store(yg + k, ((load(xg[k]) - sh) - de) * (rs * sc[k]) + bi[k]);
+          for (; k + 8 <= K; k += 8)
+            store8(yg + k, ((load8(xg + k) - shv) - dev) * (rsv * load8(sc + k)) + load8(bi + k));
+          for (; k < K; ++k) store(yg + k, ((load(xg[k]) - sh) - de) * (rs * sc[k]) + bi[k]);
         } else {
           const float mul = rs * scale[g], add = bias[g];
-          for (int64_t k = 0; k < K; ++k) store(yg + k, ((load(xg[k]) - sh) - de) * mul + add);
+          const v8f mulv = splat(mul), addv = splat(add);
+          for (; k + 8 <= K; k += 8) store8(yg + k, ((load8(xg + k) - shv) - dev) * mulv + addv);
+          for (; k < K; ++k) store(yg + k, ((load(xg[k]) - sh) - de) * mul + add);
         }
       }
     }
@@ -519,7 +603,8 @@ JAXNORM_INLINE void accumulate_backward_impl(const Kernel<T>& kern, int64_t b, i
         const T* dg = dr + g * K;
         for (int64_t base = 0; base < K; base += kBlock) {
           const int64_t end = std::min(K, base + kBlock);
-          float a0[kLanes] = {}, a1[kLanes] = {}, a2[kLanes] = {};
+          v8f a0 = {}, b0 = {}, a1 = {}, b1 = {}, a2 = {}, b2 = {};
+          const v8f shv = splat(sh), dev = splat(de), rsv = splat(rs);
           float t0 = 0.0f, t1 = 0.0f, t2 = 0.0f;
           int64_t k = base;
           if (Ks == K) {  // sum g, sum g c per group; dy xhat and dy per k
@@ -527,16 +612,20 @@ JAXNORM_INLINE void accumulate_backward_impl(const Kernel<T>& kern, int64_t b, i
             float* ds = param.ds.data() + g * K;
             float* db = param.db.data() + g * K;
             for (; k + kLanes <= end; k += kLanes) {
-              for (int j = 0; j < kLanes; ++j) {
-                const float c = load(xg[k + j]) - sh, d = load(dg[k + j]);
-                const float gv = d * sc[k + j];
-                a0[j] += gv;
-                a1[j] += gv * c;
-                ds[k + j] += d * ((c - de) * rs);
-                db[k + j] += d;
+              for (int half = 0; half < 2; ++half) {
+                const int64_t at = k + 8 * half;
+                const v8f c = load8(xg + at) - shv, d = load8(dg + at);
+                const v8f gv = d * load8(sc + at);
+                (half ? b0 : a0) += gv;
+                (half ? b1 : a1) += gv * c;
+                const v8f s_new = load8(ds + at) + d * ((c - dev) * rsv);
+                const v8f b_new = load8(db + at) + d;
+                std::memcpy(ds + at, &s_new, sizeof(v8f));
+                std::memcpy(db + at, &b_new, sizeof(v8f));
               }
             }
-            for (int j = 0; j < kLanes; ++j) { t0 += a0[j]; t1 += a1[j]; }
+            t0 = fold(a0, b0);
+            t1 = fold(a1, b1);
             for (; k < end; ++k) {
               const float c = load(xg[k]) - sh, d = load(dg[k]);
               const float gv = d * sc[k];
@@ -549,14 +638,17 @@ JAXNORM_INLINE void accumulate_backward_impl(const Kernel<T>& kern, int64_t b, i
             gc[g] += t1;
           } else {  // scale constant over the group: sum g = scale * sum dy
             for (; k + kLanes <= end; k += kLanes) {
-              for (int j = 0; j < kLanes; ++j) {
-                const float c = load(xg[k + j]) - sh, d = load(dg[k + j]);
-                a0[j] += d;
-                a1[j] += d * c;
-                a2[j] += d * ((c - de) * rs);
+              for (int half = 0; half < 2; ++half) {
+                const int64_t at = k + 8 * half;
+                const v8f c = load8(xg + at) - shv, d = load8(dg + at);
+                (half ? b0 : a0) += d;
+                (half ? b1 : a1) += d * c;
+                (half ? b2 : a2) += d * ((c - dev) * rsv);
               }
             }
-            for (int j = 0; j < kLanes; ++j) { t0 += a0[j]; t1 += a1[j]; t2 += a2[j]; }
+            t0 = fold(a0, b0);
+            t1 = fold(a1, b1);
+            t2 = fold(a2, b2);
             for (; k < end; ++k) {
               const float c = load(xg[k]) - sh, d = load(dg[k]);
               t0 += d;
@@ -591,7 +683,16 @@ JAXNORM_INLINE void accumulate_backward_impl(const Kernel<T>& kern, int64_t b, i
     for (int64_t s = block; s < block_end; ++s) {
       const T* xr = kern.row(kern.x, b, s);
       const T* dr = kern.row(kern.dy, b, s);
-      for (int64_t c = 0; c < row_len; ++c) {
+      int64_t c = 0;
+      for (; c + 8 <= row_len; c += 8) {  // explicit vectors: the arrays share one buffer
+        const v8f v = load8(xr + c) - load8(sh + c), d = load8(dr + c);
+        const v8f gv = d * load8(sc + c);
+        store8(ag + c, load8(ag + c) + gv);
+        store8(agc + c, load8(agc + c) + gv * v);
+        store8(as + c, load8(as + c) + d * ((v - load8(de + c)) * load8(rs + c)));
+        store8(ab + c, load8(ab + c) + d);
+      }
+      for (; c < row_len; ++c) {
         const float v = load(xr[c]) - sh[c], d = load(dr[c]);
         const float gv = d * sc[c];
         ag[c] += gv;
@@ -633,34 +734,21 @@ JAXNORM_INLINE void dx_rows_impl(const Kernel<T>& kern, int64_t b, int64_t s_beg
         if (geo.masked && !mask.per_element() && !mr[g * mask.g_stride()]) be = ga = 0.0f;
         const bool element_mask = geo.masked && mask.per_element();
         const uint8_t* mg = element_mask ? mr + g * mask.g_stride() : nullptr;
-        if (Ks == K) {
-          const float* sc = scale + g * K;
-          if (element_mask) {
-            for (int64_t k = 0; k < K; ++k) {
-              const float c = load(xg[k]) - sh;
-              const float corr = mg[k] ? be + ga * c : 0.0f;
-              store(og + k, rs * (load(dg[k]) * sc[k]) + corr);
-            }
-          } else {
-            for (int64_t k = 0; k < K; ++k) {
-              const float c = load(xg[k]) - sh;
-              store(og + k, rs * (load(dg[k]) * sc[k]) + (be + ga * c));
-            }
-          }
-        } else {
-          const float sc = scale[g];
-          if (element_mask) {
-            for (int64_t k = 0; k < K; ++k) {
-              const float c = load(xg[k]) - sh;
-              const float corr = mg[k] ? be + ga * c : 0.0f;
-              store(og + k, rs * (load(dg[k]) * sc) + corr);
-            }
-          } else {
-            for (int64_t k = 0; k < K; ++k) {
-              const float c = load(xg[k]) - sh;
-              store(og + k, rs * (load(dg[k]) * sc) + (be + ga * c));
-            }
-          }
+        const float* sc = scale + g * (Ks == K ? K : 1);
+        const int64_t sc_step = Ks == K ? 1 : 0;
+        const v8f shv = splat(sh), rsv = splat(rs), bev = splat(be), gav = splat(ga), zero = {};
+        int64_t k = 0;
+        for (; k + 8 <= K; k += 8) {
+          const v8f scv = sc_step ? load8(sc + k) : splat(sc[0]);
+          const v8f c = load8(xg + k) - shv;
+          v8f corr = bev + gav * c;
+          if (element_mask) corr = load8_mask(mg + k) > zero ? corr : zero;
+          store8(og + k, rsv * (load8(dg + k) * scv) + corr);
+        }
+        for (; k < K; ++k) {
+          const float c = load(xg[k]) - sh;
+          const float corr = (!element_mask || mg[k]) ? be + ga * c : 0.0f;
+          store(og + k, rs * (load(dg[k]) * sc[k * sc_step]) + corr);
         }
       }
     }
