@@ -24,7 +24,7 @@ SOURCES = ["csrc/norm_kernels.cc"]
 # (x86-64-v4 / v3 / baseline), so one binary runs at native speed on every x86-64 CPU.
 # Floating-point contraction is off so that every clone computes the same bits.
 FLAGS = ["-std=c++17", "-O3", "-fPIC", "-shared", "-pthread", "-ffp-contract=off",
-         "-fvisibility=hidden", "-fvisibility-inlines-hidden"]
+         "-fvisibility=hidden", "-fvisibility-inlines-hidden", "-Wno-psabi"]
 
 
 def _compiler() -> list[str]:

@@ -297,7 +297,7 @@ def supports(x_shape: Sequence[int], reduce_axes: Sequence[int], scale=None, bia
   """
   if jnp.dtype(dtype) not in SUPPORTED_DTYPES:
     return None
-  geo = geometry(x_shape, reduce_axes)
+  geo = geometry(x_shape, reduce_axes, params=(scale, bias))
   if geo is None or geo.param_ks(scale, bias) is None:
     return None
   return geo

@@ -118,8 +118,14 @@ def stats_shape(shape: Sequence[int], layout: Sequence[int]) -> tuple[int, ...]:
   return tuple(1 if a in reduced else n for a, n in enumerate(shape))
 
 
-def geometry(shape: Sequence[int], reduce_axes: Sequence[int]) -> Geometry | None:
+def geometry(shape: Sequence[int], reduce_axes: Sequence[int], *,
+             params: Sequence = ()) -> Geometry | None:
   """The runs (B, S, G, K) of ``x.shape`` reduced over ``reduce_axes``, or None.
+
+  Kept axes before the first reduced one form B unless a parameter (``params``: arrays
+  broadcasting to ``x``, or None) varies along them: then, when nothing is kept after
+  the reduced axes, the kept axes from the first such one on form G (group norm on
+  ``(N, groups, C / groups)``).
 
   Example:
     >>> from jaxnorm import kernels
@@ -131,6 +137,9 @@ def geometry(shape: Sequence[int], reduce_axes: Sequence[int]) -> Geometry | Non
     (0, 1, 1, 1)
     >>> print(kernels.geometry((2, 3, 4, 5, 6), (1, 3)))      # kept-reduced x 2, then kept
     None
+    >>> import jax.numpy as jnp                               # group norm, 2-D input
+    >>> kernels.geometry((64, 32, 8), (2,), params=[jnp.ones((1, 32, 8))]).layout
+    (1, 0, 1, 1)
   """
   shape = tuple(int(n) for n in shape)
   rank = len(shape)
@@ -159,4 +168,10 @@ def geometry(shape: Sequence[int], reduce_axes: Sequence[int]) -> Geometry | Non
   # (B, 1, 1, K)); likewise S, G with nothing after them stay as they are.
   if layout[1] and not layout[2] and not layout[3]:
     layout[1], layout[3] = 0, layout[1]
+  if not layout[1] and not layout[2]:
+    varying = [a for a in range(layout[0]) for p in params if p is not None
+               and _padded_shape(p, rank)[a] != 1]
+    if varying:
+      first = min(varying)
+      layout[0], layout[2] = first, layout[0] - first
   return Geometry(shape, tuple(sorted(reduced)), tuple(layout))
