@@ -35,8 +35,11 @@ class BuildKernels(build_ext):
   """Compiles the kernel library; a failure is reported, not raised."""
 
   def get_ext_filename(self, fullname):
+    # Called with the dotted name (a path relative to the build or source root) or with
+    # its last part (a file name); a plain library name either way, not a module's.
     if fullname.endswith("libjaxnorm_kernels"):
-      return {"darwin": "libjaxnorm_kernels.dylib"}.get(sys.platform, "libjaxnorm_kernels.so")
+      name = {"darwin": "libjaxnorm_kernels.dylib"}.get(sys.platform, "libjaxnorm_kernels.so")
+      return os.path.join(*fullname.split(".")[:-1], name)
     return super().get_ext_filename(fullname)
 
   def build_extension(self, ext):

@@ -206,6 +206,14 @@ JAXNORM_INLINE float fold(v8f a, v8f b) {
 // ----------------------------------------------------------------------------------
 // Geometry and work split.
 
+constexpr int64_t kItemElements = 1 << 15;
+constexpr int64_t kMaxChunks = 32;
+constexpr int64_t kSegment = 16;   // see Geometry::by_segments
+constexpr int kLanes = 16;
+constexpr int64_t kBlock = 4096;   // float partial sums over at most this many values
+constexpr int64_t kRowBlock = 64;  // channel path: rows per float block
+constexpr int kShiftSamples = 16;
+
 struct Geometry {
   int64_t B, S, G, K;              // x is (B, S, G, K); statistics per (b, g)
   int64_t instances;               // problems folded into B (vmap); B % instances == 0
@@ -216,6 +224,9 @@ struct Geometry {
   bool center;
 
   int64_t row() const { return G * K; }
+  // Reduce along k within each (row, group) segment; else across channels over blocks of
+  // rows (few elements per segment, many rows: batch norm, NHWC group norm).
+  bool by_segments() const { return K >= kSegment || S < kRowBlock; }
   int64_t per_b() const { return S * G * K; }
   int64_t per_instance() const { return B / instances; }
   int64_t instance(int64_t b) const { return b / per_instance(); }
@@ -233,14 +244,6 @@ struct Plan {
   int64_t chunk_len, chunks;                  // by chunks of S
   int64_t items;
 };
-
-constexpr int64_t kItemElements = 1 << 15;
-constexpr int64_t kMaxChunks = 32;
-constexpr int64_t kSegment = 16;   // K >= kSegment: reduce along k; else across channels
-constexpr int kLanes = 16;
-constexpr int64_t kBlock = 4096;   // float partial sums over at most this many values
-constexpr int64_t kRowBlock = 64;  // channel path: rows per float block
-constexpr int kShiftSamples = 16;
 
 Plan make_plan(const Geometry& geo) {
   Plan plan{};
@@ -435,7 +438,7 @@ JAXNORM_INLINE void accumulate_moments_impl(const Kernel<T>& kern, int64_t b, in
   const Geometry& geo = kern.geo;
   const MaskView& mask = kern.mask;
   const int64_t G = geo.G, K = geo.K, row_len = geo.row();
-  if (K >= kSegment) {
+  if (geo.by_segments()) {
     for (int64_t s = s_begin; s < s_end; ++s) {
       const T* r = kern.row(kern.x, b, s);
       const uint8_t* mr = geo.masked ? mask.row(b, s) : nullptr;
@@ -508,7 +511,7 @@ JAXNORM_INLINE void apply_rows_impl(const Kernel<T>& kern, int64_t b, int64_t s_
   const int64_t G = geo.G, K = geo.K, Ks = geo.Ks, row_len = geo.row();
   const float* scale = params.scale + geo.scale_row(b) * G * Ks;
   const float* bias = params.bias + geo.bias_row(b) * G * Ks;
-  if (K >= kSegment) {
+  if (geo.by_segments()) {
     for (int64_t s = s_begin; s < s_end; ++s) {
       const T* r = kern.row(kern.x, b, s);
       T* out = y + (b * geo.S + s) * row_len;
@@ -593,7 +596,7 @@ JAXNORM_INLINE void accumulate_backward_impl(const Kernel<T>& kern, int64_t b, i
                                              ParamSums& param) {
   const Geometry& geo = kern.geo;
   const int64_t G = geo.G, K = geo.K, Ks = geo.Ks, row_len = geo.row();
-  if (K >= kSegment) {
+  if (geo.by_segments()) {
     for (int64_t s = s_begin; s < s_end; ++s) {
       const T* xr = kern.row(kern.x, b, s);
       const T* dr = kern.row(kern.dy, b, s);
@@ -719,7 +722,7 @@ JAXNORM_INLINE void dx_rows_impl(const Kernel<T>& kern, int64_t b, int64_t s_beg
   const Geometry& geo = kern.geo;
   const int64_t G = geo.G, K = geo.K, Ks = geo.Ks, row_len = geo.row();
   const MaskView& mask = kern.mask;
-  if (K >= kSegment) {
+  if (geo.by_segments()) {
     for (int64_t s = s_begin; s < s_end; ++s) {
       const T* xr = kern.row(kern.x, b, s);
       const T* dr = kern.row(kern.dy, b, s);
