@@ -239,7 +239,6 @@ def run(quick: bool, torch=None, log=print, shapes=None, dtypes=None,
       x = jax.random.normal(jax.random.key(0), shape, jnp.float32).astype(dtype)
       dy = jax.random.normal(jax.random.key(1), shape, jnp.float32).astype(dtype)
       floor_run = jax_runner(copy_pass, x)[0]
-      floor = interleaved_medians({"copy": floor_run}, repeats)["copy"]
       for layer in layers():
         jn_fwd, jn_bwd, jn_params = _jax_functions(layer.jaxnorm_module, x)
         fx_fwd, fx_bwd, fx_params = _jax_functions(layer.flax_module, x)
@@ -260,12 +259,12 @@ def run(quick: bool, torch=None, log=print, shapes=None, dtypes=None,
           tt = t_bwd if with_dy else t_fwd
           if tt is not None:
             runs["torch"] = tt
+          runs["floor"] = floor_run  # in the same rounds: passes compare like with like
           medians = interleaved_medians(runs, repeats)
           row = Row(layer.name, shape, dtype, mode, medians["jaxnorm"], medians["flax"],
-                    medians.get("torch"), floor, kernel_s=medians.get("kernels"),
+                    medians.get("torch"), medians["floor"], kernel_s=medians.get("kernels"),
                     before_s=medians.get("before"))
           row.faults = {name: faults_per_call(fn) for name, fn in runs.items()}
-          row.faults["floor"] = faults_per_call(floor_run)
           if with_dy:
             row.jaxnorm_temp_bytes, row.flax_temp_bytes = temps["jaxnorm"], temps["flax"]
             row.kernel_temp_bytes = temps.get("kernels")
