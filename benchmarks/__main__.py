@@ -49,6 +49,11 @@ def main(argv=None) -> int:
                       help="do not use JAX's persistent compilation cache")
   parser.add_argument("--no-tuned-allocator", action="store_true",
                       help="skip the timing of the headline shape with the tuned allocator")
+  parser.add_argument("--shapes", default=None,
+                      help="comma-separated shapes to time instead of the suite's, e.g. "
+                           "4096x1024,8192x256")
+  parser.add_argument("--dtypes", default=None,
+                      help="comma-separated dtypes instead of the suite's, e.g. float32")
   parser.add_argument("--tuned-child", default=None, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   cache_dir = enable_compilation_cache(enabled=not args.no_compilation_cache)
@@ -78,7 +83,10 @@ def main(argv=None) -> int:
   machine["compilation_cache"] = str(cache_dir) if cache_dir else None
   print(report.machine_markdown(machine))
   print("\nLayers (median times; ratios > 1 mean jaxnorm is faster):")
-  rows = layers.run(args.quick, torch)
+  shapes = None if not args.shapes else tuple(
+      tuple(int(n) for n in shape.split("x")) for shape in args.shapes.split(","))
+  dtypes = None if not args.dtypes else tuple(args.dtypes.split(","))
+  rows = layers.run(args.quick, torch, shapes=shapes, dtypes=dtypes)
   if not args.no_tuned_allocator:
     print("\nHeadline shape again, allocator tuned in a child process "
           f"({TUNED_ALLOCATOR['GLIBC_TUNABLES']}):")

@@ -21,7 +21,7 @@ import numpy as np
 
 import jaxnorm
 from jaxnorm import kernels
-from .timing import faults_per_call, interleaved_medians, jax_runner
+from .timing import cpu_per_call, faults_per_call, interleaved_medians, jax_runner
 
 SHAPES = ((4096, 1024), (8192, 256), (64, 32, 32, 128))
 QUICK_SHAPES = ((512, 256),)
@@ -175,6 +175,7 @@ class Row:
   kernel_temp_bytes: int | None = None
   faults: dict | None = None         # minor page faults per call, per candidate
   tuned: dict | None = None          # seconds per candidate with the tuned allocator
+  cpu: dict | None = None            # CPU seconds (all threads) per call, per candidate
 
   @property
   def best_s(self) -> float:
@@ -265,6 +266,7 @@ def run(quick: bool, torch=None, log=print, shapes=None, dtypes=None,
                     medians.get("torch"), medians["floor"], kernel_s=medians.get("kernels"),
                     before_s=medians.get("before"))
           row.faults = {name: faults_per_call(fn) for name, fn in runs.items()}
+          row.cpu = {name: cpu_per_call(fn) for name, fn in runs.items()}
           if with_dy:
             row.jaxnorm_temp_bytes, row.flax_temp_bytes = temps["jaxnorm"], temps["flax"]
             row.kernel_temp_bytes = temps.get("kernels")

@@ -106,6 +106,19 @@ def markdown(machine, rows, e2e, *, quick: bool) -> str:
           f"{_passes(t['jaxnorm'], t['floor'])} / {_passes(t['kernels'], t['floor'])} | "
           + " / ".join("–" if faults.get(k) is None else f"{faults[k]:.0f}"
                        for k in ("jaxnorm", "kernels", "flax")) + " |")
+  with_cpu = [r for r in rows if r.cpu]
+  if with_cpu:
+    lines += ["", "## CPU time per call", "",
+              "CPU seconds of all the process's threads per call (user + system, "
+              "`getrusage`), which other programs on the machine inflate much less than "
+              "wall time: a call waiting for a core accrues none.", "",
+              "| layer | shape | dtype | mode | CPU ms jaxnorm | kernels | before | flax "
+              "| torch | floor |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in with_cpu:
+      c = r.cpu
+      lines.append(f"| {r.layer} | {'x'.join(map(str, r.shape))} | {r.dtype} | {r.mode} | "
+                   + " | ".join(_ms(c.get(k)) for k in ("jaxnorm", "kernels", "before",
+                                                         "flax", "torch", "floor")) + " |")
   lines += ["", "## Targets (issue 14; float32 (4096, 1024) unless said)", ""]
   lines += _targets(rows, e2e) + ["", LIMITS]
   lines += ["", f"## End to end: seed-mlp, {e2e.epochs} epochs", "",
