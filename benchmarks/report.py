@@ -191,34 +191,39 @@ def _targets(rows, e2e) -> list[str]:
   return lines
 
 
-LIMITS = """### What limits the layer targets on this CPU
+LIMITS = """### What limits the targets on this CPU
 
-- **The memory floor.** One fused read+write pass over a 16 MiB float32 array takes
-  about 2.5-3 ms here, while a read-only pass (a reduction) takes about 0.6 ms: writes
-  cost most. Batch norm forward+backward must at least read x (statistics), read x and
-  dy (two reductions) and write dx — about 2 copy passes. flax.linen.BatchNorm takes
-  about 2.6 in a quiet run, so no implementation can be 2.5x faster than it at this
-  shape: the 2.5x floor is out of reach by construction. jaxnorm and flax are close:
-  1.2x in a quiet run of the two alone, 0.8x in the full run with PyTorch interleaved.
-- **XLA:CPU's reductions.** XLA:CPU runs reductions as YNNPACK fusions, and these take
-  no broadcast operand: any per-feature vector inside a reduction (a shift, a mean,
-  1/sigma) makes XLA write a full-size broadcast or difference array first. flax's
-  default computes E[x^2] - E[x]^2 straight from x (one fusion, no broadcast), which is
-  fast but wrong on data with a large mean (variance ~31 instead of 1 at mean 1e4).
-  jaxnorm keeps the stable shifted variance: it writes c = x - shift once, reduces c,
-  and keeps c as the backward residual in place of x, with every backward reduction
-  broadcast-free (sum dy, sum dy*c). That brings training (forward+backward) to about
-  flax's speed with its unstable variance, while the training-mode forward alone pays
-  the one write of c (about 0.5-0.75x of flax; evaluation mode is elementwise and
-  equal). Keeping c as a temporary also costs memory where flax re-reads its input:
-  group norm on NHWC float32 needs 32 MiB of temporaries against flax's 0.1 MiB.
-- **Layer norm.** Its per-row 1/sigma and scale both vary along the other axis of the
-  backward's reductions (dscale sums over rows, the dx terms over columns), so XLA
-  writes broadcast products whichever way it is written; jaxnorm and flax end up with
-  the same structure (about 6 copy passes). PyTorch's hand-written CPU kernel does the
-  whole backward in about 2.5 passes; matching it needs a fused kernel, which XLA:CPU
-  cannot take from Pallas (CPU Pallas runs only in interpret mode) and which would need
-  a compiled C++ FFI extension — not done here (see the issue's note).
-- **Timing noise.** The machine has 2 cores; PyTorch runs with OMP_WAIT_POLICY=PASSIVE
-  so its idle threads do not take the cores from the JAX call that follows. Ratios
-  within ~10% of 1 are ties."""
+- **A shared machine.** The runs share 2 cores with other jobs (load averages of 10-17
+  were seen during the committed run), so wall times are inflated and noisy: the memory
+  floor itself is several times its quiet value. Every ratio compares candidates timed
+  in the same rounds (interleaved, medians), and the CPU-time table, which waiting for a
+  core does not inflate, is the steadier comparison. A target marked NOT met by a
+  margin within the noise is a tie, not a measured loss.
+- **Dropout.** jaxnorm draws the mask with the threefry-2x32 hash written as fused
+  integer operations, bit-identical to `jax.random.bernoulli` (and so to
+  `flax.linen.Dropout`): one XLA loop instead of jax.random's rolled loop over
+  full-size arrays (the *before* column). What is left is the hash itself, about 120
+  integer operations per element: compute-bound, above the one-pass floor, and faster
+  with AVX-512 than with the AVX2 of this CPU. A cheaper generator would reach the floor
+  only with different masks.
+- **Layer and RMS norm.** The kernels normalize each row while it is in cache (forward:
+  one read of x, one write of y) and compute the backward from one read of x and dy per
+  row, with dscale/dbias from per-chunk partial sums added in a fixed order
+  (deterministic). XLA's pure-JAX versions write broadcast products in the backward
+  (jaxnorm and flax alike).
+- **Batch norm.** The statistics need all rows before any output, so the kernels make
+  two passes forward (statistics, then y) and two backward (the sums, then dx): 4 passes
+  for forward+backward where the arithmetic needs 3, because the fused forward call
+  also writes y when only the gradients are used (XLA cannot drop part of a custom call;
+  a separate statistics call and apply call, which XLA drops when y is unused, is left
+  for wiring the kernels into the functional layer). Each pass is a parallel loop that
+  waits for its slowest thread, which costs most when other jobs hold the cores.
+- **Group norm.** On (N, C) inputs the groups are short contiguous segments and on NHWC
+  inputs per-channel sums across rows: both one pass each way, and no temporary memory
+  in XLA (the pure-JAX path keeps `c = x - shift` as a residual).
+- **bfloat16.** The kernels read and write bfloat16 and compute in float32; the
+  pure-JAX paths convert in XLA, which writes float32 temporaries of x's size.
+- **Page faults.** XLA allocates its per-call temporaries with malloc; blocks above
+  glibc's mmap threshold are mapped and faulted in afresh on every call (the *faults*
+  columns). The tuned-allocator table shows the same cases with freed memory kept;
+  jaxnorm never changes the allocator itself."""
