@@ -39,6 +39,7 @@ EPOCHS, QUICK_STEPS = 20, 100
 QUICK_MODELS = ("seed MLP",)  # a smoke run compiles two programs, not four
 DATA = "mnist1d"
 LOSS_PROBE_EXAMPLES = 512
+CHANCE_MARGIN = 0.05       # "at chance": final test accuracy below 1/classes + 5 points
 
 # ----------------------------------------------------------------- criterion (fixed)
 TOLERANCE = 0.02           # "within 2 points of that model's best"
@@ -79,12 +80,17 @@ SPEC = Spec(
            f"({EPOCHS * (4000 // BATCH_SIZE):,} steps), learning rates 10^(k/3 - 3), "
            f"k = 0..12 (1e-3 to 10, three per decade). Final test accuracy with running "
            f"statistics; loss probe on the first {LOSS_PROBE_EXAMPLES} training examples in "
-           "training mode, before and after training."),
+           "training mode, before and after training. Reported beside the diverged "
+           "runs (not part of the criterion): runs that end at chance, with a final test "
+           f"accuracy below 1/10 + {CHANCE_MARGIN * 100:g} points."),
     limits=("Small MLPs on a 4000-example set for 20 epochs at a constant learning rate "
             "(no warm-up or decay, which let large rates work in practice); three grid "
             "points per decade, so eta_max is known to a factor of 2.15 and a 4x criterion "
             "needs two grid steps. Small learning rates are under-trained at this budget, "
-            "which lowers nothing but their own accuracy."),
+            "which lowers nothing but their own accuracy. The divergence test (a skipped "
+            "step, or a final loss above the initial one) does not see a run that stalls "
+            "at chance with a finite loss near log 10 when its initial loss was higher, as "
+            "a BN net's can be; the at-chance count shows those."),
 )
 
 
@@ -134,7 +140,7 @@ def _model_verdict(model: str, learning_rates, no_bn, bn) -> Verdict:
   values = [plain[k] for k in ("point", "low", "high")] + [
       normed[k] for k in ("point", "low", "high")]
   if not np.all(np.isfinite(values)):
-    return Verdict(claim, INCONCLUSIVE, "no learning rate has a finite mean accuracy for "
+    return Verdict(claim, INCONCLUSIVE, "No learning rate has a finite mean accuracy for "
                    "one of the variants.", "no accuracy",
                    checks=(Check("eta_max defined", None, "both variants", None),))
   ratio = normed["point"] / plain["point"]
@@ -158,7 +164,7 @@ def _model_verdict(model: str, learning_rates, no_bn, bn) -> Verdict:
     verdict = INCONCLUSIVE
   ours = (f"eta_max {normed['point']:.3g} with BN vs {plain['point']:.3g} without "
           f"({ratio:.2g}x)")
-  reason = (f"best mean accuracy {plain['best']:.1%} without BN (at lr "
+  reason = (f"Best mean accuracy {plain['best']:.1%} without BN (at lr "
             f"{plain['best_lr']:.3g}) and {normed['best']:.1%} with BN (at "
             f"{normed['best_lr']:.3g}); the largest learning rate within "
             f"{TOLERANCE * 100:g} points of the best is {plain['point']:.3g} without BN and "
@@ -228,11 +234,13 @@ def _figure(path, learning_rates, results, ranges, title):
           ax_acc.axvline(point, color=color, linestyle="--", linewidth=1,
                          label=f"{label}: largest lr within {TOLERANCE * 100:g} pts ({point:.3g})")
         ax_div.plot(learning_rates, result["diverged"].mean(axis=1), marker="o",
-                    color=color, label=label)
+                    color=color, label=f"{label}: diverged")
+        ax_div.plot(learning_rates, result["at_chance"].mean(axis=1), marker="x",
+                    color=color, linestyle="--", label=f"{label}: ended at chance")
       plots.label(ax_acc, x="learning rate (log scale)", y="final test accuracy (fraction)",
                   title=model, logx=True)
-      plots.label(ax_div, x="learning rate (log scale)", y="fraction of runs diverged",
-                  title=f"{model}: diverged runs", logx=True)
+      plots.label(ax_div, x="learning rate (log scale)", y="fraction of runs",
+                  title=f"{model}: diverged runs and runs at chance accuracy", logx=True)
       ax_div.set_ylim(-0.05, 1.05)
 
 
@@ -240,14 +248,15 @@ def _table(learning_rates, results, ranges) -> str:
   header = ["learning rate"]
   for model, variants in results.items():
     for label in variants:
-      header += [f"{model} {label}: accuracy", "diverged"]
+      header += [f"{model} {label}: accuracy", "diverged, at chance"]
   rows = []
   for i, lr in enumerate(learning_rates):
     row = [f"{lr:.3g}"]
     for model, variants in results.items():
       for label, result in variants.items():
         row += [summarize(result["accuracy"][i]).format(3),
-                f"{int(result['diverged'][i].sum())}/{result['diverged'].shape[1]}"]
+                f"{int(result['diverged'][i].sum())}, {int(result['at_chance'][i].sum())}"
+                f" of {result['diverged'].shape[1]}"]
     rows.append(row)
   row = ["eta_max (mean; 95% ends)"]
   for model, variants in results.items():
@@ -281,7 +290,8 @@ def run(ctx: RunContext) -> Outcome:
           "accuracy": pop.final("test_accuracy"),                      # (L, S)
           "initial_loss": loss[..., 0], "final_loss": loss[..., -1],
           "skipped_steps": pop.skipped_steps,
-          "diverged": diverged(pop.skipped_steps, loss[..., 0], loss[..., -1])}
+          "diverged": diverged(pop.skipped_steps, loss[..., 0], loss[..., -1]),
+          "at_chance": pop.final("test_accuracy") < 1 / data.num_classes + CHANCE_MARGIN}
   numbers = {model: {"learning_rates": LEARNING_RATES,
                      **{label: r["accuracy"] for label, r in variants.items()}}
              for model, variants in results.items()}
@@ -292,9 +302,9 @@ def run(ctx: RunContext) -> Outcome:
   setting = (f"{data.name}, SGD batch {BATCH_SIZE}, {steps:,} steps, {ctx.seeds} seeds")
   figure = "accuracy_vs_lr.png"
   _figure(os.path.join(ctx.out_dir, figure), LEARNING_RATES, results, ranges,
-          f"Accuracy against learning rate ({setting})")
+          f"Accuracy against learning rate\n({setting})")
   per_seed = {model: {label: {key: r[key] for key in (
-      "accuracy", "initial_loss", "final_loss", "skipped_steps", "diverged")}
+      "accuracy", "initial_loss", "final_loss", "skipped_steps", "diverged", "at_chance")}
                       for label, r in variants.items()}
               for model, variants in results.items()}
   summary = {
@@ -302,7 +312,9 @@ def run(ctx: RunContext) -> Outcome:
                       "accuracy": {f"{lr:.3g}": summarize(r["accuracy"][i])
                                    for i, lr in enumerate(LEARNING_RATES)},
                       "diverged_fraction": {f"{lr:.3g}": float(r["diverged"][i].mean())
-                                            for i, lr in enumerate(LEARNING_RATES)}}
+                                            for i, lr in enumerate(LEARNING_RATES)},
+                      "at_chance_fraction": {f"{lr:.3g}": float(r["at_chance"][i].mean())
+                                             for i, lr in enumerate(LEARNING_RATES)}}
               for label, r in variants.items()}
       for model, variants in results.items()}
   summary["compile_seconds"] = sum(p.compile_seconds for p in pops.values())
@@ -312,10 +324,11 @@ def run(ctx: RunContext) -> Outcome:
             "batch_size": BATCH_SIZE, "steps": steps, "eval_every": eval_every,
             "seeds": list(range(ctx.seeds)), "tolerance": TOLERANCE,
             "ratio_threshold": RATIO_THRESHOLD, "split_seed": ctx.split_seed,
-            "loss_probe_examples": LOSS_PROBE_EXAMPLES}
+            "loss_probe_examples": LOSS_PROBE_EXAMPLES, "chance_margin": CHANCE_MARGIN}
   table = (f"{setting}. Final test accuracy, mean ± sample std over seeds; diverged: runs "
            "with a skipped (non-finite) step or a final training loss above the initial "
-           "one. Last row: the largest learning rate within "
+           f"one; at chance: final test accuracy below {1 / data.num_classes + CHANCE_MARGIN:.0%}"
+           " (counts of seeds). Last row: the largest learning rate within "
            f"{TOLERANCE * 100:g} points of the network's best mean (from the lower and upper "
            "95% interval ends in parentheses).\n\n" + _table(LEARNING_RATES, results, ranges))
   notes = [f"Compilation took {summary['compile_seconds']:.1f} s and training "

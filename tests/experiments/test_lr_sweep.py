@@ -51,6 +51,8 @@ def test_quick_run_numbers_are_consistent(quick_run):
                           for row in np.asarray(run["final_loss"], object).tolist()])
       expected = (skipped > 0) | ~np.isfinite(final) | (final > initial)
       np.testing.assert_array_equal(np.asarray(run["diverged"]), expected)
+      np.testing.assert_array_equal(np.asarray(run["at_chance"]),
+                                    accuracy < 0.1 + lr_sweep.CHANCE_MARGIN)
       # Before training every net is near chance: loss close to log(10).
       assert np.all(np.abs(initial - np.log(10)) < 1.0)
       eta = outcome.summary[model][label]["eta_max"]
