@@ -116,6 +116,12 @@ def lr_range(learning_rates: Sequence[float], accuracy) -> dict:
   Returns:
     ``best`` (the best mean), ``point`` (eta_max from the means), ``low`` (from the lower
     interval ends, at least the best mean's own rate) and ``high`` (from the upper ends).
+
+  Example:
+    >>> acc = [[0.60, 0.62, 0.61], [0.70, 0.71, 0.69], [0.69, 0.70, 0.68], [0.1, 0.1, 0.1]]
+    >>> r = lr_range([0.01, 0.1, 1.0, 10.0], acc)
+    >>> round(r["best"], 3), r["best_lr"], r["point"]
+    (0.7, 0.1, 1.0)
   """
   lrs = np.asarray(learning_rates, np.float64)
   accuracy = np.asarray(accuracy, np.float64)
@@ -184,6 +190,14 @@ def decide(numbers: Mapping[str, Mapping]) -> list[Verdict]:
   Args:
     numbers: ``{network: {"learning_rates": (L,), "no BN": (L, S), "BN": (L, S)}}``,
       final test accuracies per learning rate and seed.
+
+  Example:
+    >>> good, bad = [0.70, 0.705, 0.695], [0.1, 0.1, 0.1]
+    >>> no_bn = [good, good, bad, bad, bad]          # good up to lr 0.01
+    >>> bn = [good, good, good, good, bad]           # good up to lr 1: 100x
+    >>> lrs = [0.001, 0.01, 0.1, 1.0, 10.0]
+    >>> [v.verdict for v in decide({"net": {"learning_rates": lrs, "no BN": no_bn, "BN": bn}})]
+    ['holds']
   """
   return [_model_verdict(model, np.asarray(n["learning_rates"]), np.asarray(n["no BN"]),
                          np.asarray(n["BN"])) for model, n in numbers.items()]
@@ -193,7 +207,12 @@ def decide(numbers: Mapping[str, Mapping]) -> list[Verdict]:
 
 
 def make_model(hidden: Sequence[int], batch_norm: bool, num_classes: int = 10) -> SeedMLP:
-  """Dense -> [BN] -> ReLU per hidden width, then Dense (no dropout)."""
+  """Dense -> [BN] -> ReLU per hidden width, then Dense (no dropout).
+
+  Example:
+    >>> make_model(MODELS["deep MLP"], batch_norm=True).hidden
+    (128, 128, 128, 128, 128, 128)
+  """
   return SeedMLP(use_batch_norm=batch_norm, dropout_rate=0.0, hidden=tuple(hidden),
                  num_classes=num_classes)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import doctest
 import json
 import math
 import os
@@ -170,3 +171,7 @@ def test_decide_zero_drift_is_inconclusive():
 def test_spec_states_the_thresholds():
   assert f"{bn_fig1.SPEEDUP_THRESHOLD:g}x" in bn_fig1.SPEC.criterion
   assert os.path.basename(bn_fig1.__file__) == "bn_fig1.py"
+
+
+def test_docstring_examples_run():
+  assert doctest.testmod(bn_fig1).failed == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import doctest
 import json
 
 import numpy as np
@@ -108,3 +109,7 @@ def test_lr_range_uses_interval_ends():
   assert r["high"] == pytest.approx(LRS[7])
   assert r["low"] <= r["point"]
   assert r["best"] == pytest.approx(0.8, abs=0.01)
+
+
+def test_docstring_examples_run():
+  assert doctest.testmod(lr_sweep).failed == 0
