@@ -120,9 +120,12 @@ class MNIST1DCNN(nn.Module):
   Attributes:
     channels: convolution channels.
     num_classes: outputs of the classifier.
-    norm: a kind accepted by :func:`norm_layer`, applied between conv and ReLU.
-    dropout_rate: drop probability after each ReLU.
+    norm: a kind accepted by :func:`norm_layer`, applied between conv and activation
+      (``placement="before"``) or after the activation (``"after"``).
+    dropout_rate: drop probability after each activation (and normalization).
     norm_options: constructor options of the normalization layers.
+    activation: a key of :data:`ACTIVATIONS` (the benchmark's is ReLU).
+    placement: the normalization ``"before"`` or ``"after"`` the activation.
   """
 
   channels: int = 25
@@ -130,14 +133,21 @@ class MNIST1DCNN(nn.Module):
   norm: str = "none"
   dropout_rate: float = 0.0
   norm_options: tuple[tuple[str, Any], ...] = ()
+  activation: str = "relu"
+  placement: str = "before"
 
   @nn.compact
   def __call__(self, x, train: bool):
+    if self.placement not in ("before", "after"):
+      raise ValueError(f"MNIST1DCNN: placement must be 'before' or 'after'; got "
+                       f"{self.placement!r}.")
+    act = ACTIVATIONS[self.activation]
     if x.ndim == 2:
       x = x[..., None]
     for kernel in (5, 3, 3):
       x = nn.Conv(self.channels, (kernel,), strides=(2,), padding=((1, 1),))(x)
-      x = nn.relu(norm_layer(self.norm, train, **dict(self.norm_options))(x))
+      norm = norm_layer(self.norm, train, **dict(self.norm_options))
+      x = act(norm(x)) if self.placement == "before" else norm(act(x))
       if self.dropout_rate:
         x = jaxnorm.Dropout(self.dropout_rate, deterministic=not train)(x)
     return nn.Dense(self.num_classes)(x.reshape((x.shape[0], -1)))
