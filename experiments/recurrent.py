@@ -150,7 +150,7 @@ class GRUClassifier(nn.Module):
 
   Example:
     >>> model = GRUClassifier(hidden=3, norm="batch")
-    >>> x = jnp.ones((4, 40))
+    >>> x = jnp.ones((4, 8))
     >>> variables = model.init(jax.random.key(0), x, train=False)
     >>> logits, _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
     >>> logits.shape
