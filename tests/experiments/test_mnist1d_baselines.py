@@ -35,8 +35,8 @@ def test_quick_run_writes_results_table_and_figures(quick_run):
 
 def test_quick_run_numbers_are_consistent(quick_run):
   _, outcome, payload = quick_run
-  # A quick run trains the plain and dropout variants of every model.
-  for kind in exp.MODELS:
+  # A quick run trains the plain and dropout variants of the quick models.
+  for kind in exp.QUICK_MODELS:
     for variant in ("none", "dropout"):
       runs = outcome.per_seed[f"{kind}/{variant}"]
       assert len(runs["test_accuracy"]) == 2
@@ -46,8 +46,8 @@ def test_quick_run_numbers_are_consistent(quick_run):
       assert payload["summary"][f"{kind}/{variant}/test_accuracy"]["n"] == 2
     assert f"{kind}/dropout/minus_plain" in payload["summary"]
     assert exp.MODEL_LABELS[kind] in outcome.table
-  assert payload["config"]["steps"] == {k: exp.QUICK_STEPS for k in exp.MODELS}
-  assert set(payload["config"]["timing"]) == {f"{k}/none" for k in exp.MODELS}
+  assert payload["config"]["steps"] == {k: exp.QUICK_STEPS for k in exp.QUICK_MODELS}
+  assert set(payload["config"]["timing"]) == {f"{k}/none" for k in exp.QUICK_MODELS}
 
 
 def _final(logistic, mlp, cnn):
@@ -79,4 +79,4 @@ def test_programs_share_plain_and_dropout_runs():
   trained = [v for _, _, variants in full for v in variants]
   assert sorted(trained) == sorted(exp.VARIANTS * len(exp.MODELS))
   assert list(exp.programs(quick=True)) == [(k, "none", ("none", "dropout"))
-                                             for k in exp.MODELS]
+                                             for k in exp.QUICK_MODELS]
