@@ -36,14 +36,27 @@ def _linen_mode_kwargs(model: nn.Module, train: bool, fn: str) -> dict:
 
 
 def _deterministic_dropout(next_fun, args, kwargs, context):
-  """linen interceptor: every layer with a ``deterministic`` flag runs deterministically."""
-  if context.method_name == "__call__" and hasattr(context.module, "deterministic") and (
-      "deterministic" in inspect.signature(type(context.module).__call__).parameters):
+  """linen interceptor: every layer with a ``deterministic`` flag runs deterministically.
+
+  The flag goes to the call when the module leaves it to the call; a module that fixed
+  it in its constructor sees ``deterministic=True`` for the duration of the call.
+  """
+  module = context.module
+  if context.method_name != "__call__" or not hasattr(module, "deterministic") or (
+      "deterministic" not in inspect.signature(type(module).__call__).parameters):
+    return next_fun(*args, **kwargs)
+  if module.deterministic is None:
     if len(args) > 1:
       args = (args[0], True, *args[2:])
     else:
       kwargs = {**kwargs, "deterministic": True}
-  return next_fun(*args, **kwargs)
+    return next_fun(*args, **kwargs)
+  original = module.deterministic
+  object.__setattr__(module, "deterministic", True)  # linen modules are frozen dataclasses
+  try:
+    return next_fun(*args, **kwargs)
+  finally:
+    object.__setattr__(module, "deterministic", original)
 
 
 @dataclasses.dataclass(frozen=True)

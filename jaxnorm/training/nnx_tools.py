@@ -69,8 +69,8 @@ def _set(node, path, value) -> None:
 
 
 def _paths(model, types) -> list[tuple]:
-  return [path for path, module in nnx.iter_modules(model)
-          if path and isinstance(module, types)]
+  """Paths of the submodules of ``types`` (``()`` for the model itself)."""
+  return [path for path, module in nnx.iter_modules(model) if isinstance(module, types)]
 
 
 def _view(model, eval_view):
@@ -81,8 +81,9 @@ def _view(model, eval_view):
 def _hooked(model, paths, hook):
   """``model`` with each submodule at ``paths`` wrapped to call ``hook``."""
   for path in paths:
-    _set(model, path, _Wrapped(_get(model, path), path, hook))
-  return model
+    if path:
+      _set(model, path, _Wrapped(_get(model, path), path, hook))
+  return _Wrapped(model, (), hook) if () in paths else model
 
 
 def nnx_precise_batch_stats(
