@@ -23,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
   run.add_argument("--data", default="digits", choices=DATASETS, help="data set")
   run.add_argument("--data-path", default=None, help="file or directory for user data")
   run.add_argument("--split-seed", type=int, default=0, help="seed of the train/test split")
+  run.add_argument("--api", default="linen", choices=("linen", "nnx"),
+                   help="Flax API of the models: linen (default) or nnx")
   return parser
 
 

@@ -8,14 +8,15 @@ Dense 10; SGD (lr 0.1), batch 32, 10 epochs, 80/20 split, cross-entropy. Four va
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 
 import optax
 
-from . import runner
+from . import nnx_runner, runner
 from .data import load_dataset
-from .models import SeedMLP, parameter_count, parameter_rows
+from .models import SeedMLP, SeedMLPNNX, parameter_count, parameter_rows
 
 NAME = "seed-mlp"
 DESCRIPTION = "the notebook's MLP: plain vs +BN vs +Dropout vs +BN+Dropout over seeds"
@@ -58,12 +59,20 @@ def run(args) -> dict:
   progress = _progress_bar()
   results = []
   start = time.perf_counter()
+  api = getattr(args, "api", "linen")
   for variant, options in VARIANTS.items():
-    trainer = runner.Trainer(SeedMLP(num_classes=data.num_classes, **options),
-                             optax.sgd(learning_rate), batch_size)
+    if api == "nnx":  # the same network with flax.nnx and jaxnorm.nnx layers
+      make_model = functools.partial(SeedMLPNNX, data.input_dim,
+                                     num_classes=data.num_classes, **options)
+      trainer = nnx_runner.NNXTrainer(make_model, optax.sgd(learning_rate), batch_size)
+      train_run = nnx_runner.train_run
+    else:
+      trainer = runner.Trainer(SeedMLP(num_classes=data.num_classes, **options),
+                               optax.sgd(learning_rate), batch_size)
+      train_run = runner.train_run
     for seed in range(seeds):
-      results.append(runner.train_run(trainer, data, variant=variant, seed=seed,
-                                      epochs=epochs, progress=progress))
+      results.append(train_run(trainer, data, variant=variant, seed=seed, epochs=epochs,
+                               progress=progress))
       last = results[-1]
       print(f"  {variant:<12} seed {seed}: test accuracy {last.test_accuracy:.4f}, "
             f"final train loss {last.curves['train_loss'][-1]:.4f} ({last.seconds:.1f} s)")
@@ -82,7 +91,8 @@ def run(args) -> dict:
   table = runner.markdown_table(
       ["variant", "parameters", "test accuracy", "test loss", "final train loss",
        "s / run"], rows)
-  setting = (f"{NAME} on {args.data}: {epochs} epochs, SGD lr {learning_rate}, batch "
+  on = f"{args.data} (flax.nnx)" if api == "nnx" else args.data
+  setting = (f"{NAME} on {on}: {epochs} epochs, SGD lr {learning_rate}, batch "
              f"{batch_size}, {seeds} seed{'s' * (seeds > 1)}")
   title = f"{setting} (mean ± sample std)"
   plot_title = f"{setting} (mean; band: min to max)"
@@ -94,8 +104,9 @@ def run(args) -> dict:
            runner.plot_curves(os.path.join(out_dir, "accuracy_curves.png"), results,
                               ["train_accuracy", "test_accuracy"], plot_title)]
   payload = {
-      "experiment": NAME, "data": data.describe(), "epochs": epochs, "seeds": seeds,
-      "batch_size": batch_size, "learning_rate": learning_rate, "quick": args.quick,
+      "experiment": NAME, "api": api, "data": data.describe(), "epochs": epochs,
+      "seeds": seeds, "batch_size": batch_size, "learning_rate": learning_rate,
+      "quick": args.quick,
       "parameters_784": at_784, "wall_seconds": wall,
       "runs": [dataclasses.asdict(r) for r in results],
   }
