@@ -52,8 +52,8 @@ class BatchNorm(_base.RunningStatsNorm):
     >>> import jax
     >>> from flax import nnx
     >>> from jaxnorm import nnx as jnnx
-    >>> layer = jnnx.BatchNorm(6, momentum=0.9, rngs=nnx.Rngs(0))
-    >>> x = jax.random.normal(jax.random.key(0), (5, 6))
+    >>> layer = jnnx.BatchNorm(4, momentum=0.9, rngs=nnx.Rngs(0))
+    >>> x = jax.random.normal(jax.random.key(0), (8, 4))
     >>> y = layer(x)                      # training: batch statistics, mean/var move
     >>> layer.eval()
     >>> y = layer(x)                      # evaluation: running statistics
@@ -175,10 +175,10 @@ class LayerNorm(_StatelessNorm):
     >>> import jax
     >>> from flax import nnx
     >>> from jaxnorm import nnx as jnnx
-    >>> layer = jnnx.LayerNorm(6, rngs=nnx.Rngs(0))
-    >>> y = layer(jax.random.normal(jax.random.key(0), (3, 6)))
+    >>> layer = jnnx.LayerNorm(4, rngs=nnx.Rngs(0))
+    >>> y = layer(jax.random.normal(jax.random.key(0), (8, 4)))
     >>> y.shape
-    (3, 6)
+    (8, 4)
   """
 
   def __init__(
@@ -243,7 +243,7 @@ class RMSNorm(nnx.Module):
     >>> import jax
     >>> from flax import nnx
     >>> from jaxnorm import nnx as jnnx
-    >>> layer = jnnx.RMSNorm(6, rngs=nnx.Rngs(0))
+    >>> layer = jnnx.RMSNorm(4, rngs=nnx.Rngs(0))
     >>> sorted(nnx.state(layer))
     ['scale']
   """
@@ -311,9 +311,9 @@ class GroupNorm(_StatelessNorm):
     >>> import jax
     >>> from flax import nnx
     >>> from jaxnorm import nnx as jnnx
-    >>> layer = jnnx.GroupNorm(6, num_groups=3, rngs=nnx.Rngs(0))
-    >>> layer(jax.random.normal(jax.random.key(0), (2, 4, 4, 6))).shape
-    (2, 4, 4, 6)
+    >>> layer = jnnx.GroupNorm(4, num_groups=2, rngs=nnx.Rngs(0))
+    >>> layer(jax.random.normal(jax.random.key(0), (8, 3, 3, 4))).shape
+    (8, 3, 3, 4)
   """
 
   def __init__(
@@ -375,9 +375,9 @@ class InstanceNorm(_StatelessNorm):
     >>> import jax
     >>> from flax import nnx
     >>> from jaxnorm import nnx as jnnx
-    >>> layer = jnnx.InstanceNorm(5, rngs=nnx.Rngs(0))
-    >>> layer(jax.random.normal(jax.random.key(0), (2, 3, 4, 5))).shape
-    (2, 3, 4, 5)
+    >>> layer = jnnx.InstanceNorm(4, rngs=nnx.Rngs(0))
+    >>> layer(jax.random.normal(jax.random.key(0), (8, 3, 3, 4))).shape
+    (8, 3, 3, 4)
   """
 
   def __init__(

@@ -113,8 +113,8 @@ class GhostBatchNorm(_FeatureAxisNorm):
     >>> from flax import nnx
     >>> from jaxnorm import nnx as jnnx
     >>> layer = jnnx.GhostBatchNorm(4, virtual_batch_size=4, rngs=nnx.Rngs(0))
-    >>> layer(jax.random.normal(jax.random.key(0), (16, 4))).shape
-    (16, 4)
+    >>> layer(jax.random.normal(jax.random.key(0), (8, 4))).shape
+    (8, 4)
   """
 
   def __init__(self, num_features: int, *, virtual_batch_size: int = 32,
@@ -248,9 +248,9 @@ class EvoNormS0(nnx.Module):
     >>> import jax
     >>> from flax import nnx
     >>> from jaxnorm import nnx as jnnx
-    >>> layer = jnnx.EvoNormS0(8, num_groups=2, rngs=nnx.Rngs(0))
-    >>> layer(jax.random.normal(jax.random.key(0), (2, 3, 3, 8))).shape
-    (2, 3, 3, 8)
+    >>> layer = jnnx.EvoNormS0(4, num_groups=2, rngs=nnx.Rngs(0))
+    >>> layer(jax.random.normal(jax.random.key(0), (8, 3, 3, 4))).shape
+    (8, 3, 3, 4)
   """
 
   def __init__(self, num_features: int, *, num_groups: int | None = 32,

@@ -12,7 +12,7 @@ Example:
   >>> from flax import nnx
   >>> from jaxnorm import nnx as jnnx, testing
   >>> layer = jnnx.BatchNorm(4, rngs=nnx.Rngs(0))
-  >>> x = jax.random.normal(jax.random.key(0), (16, 4)) + 1.0
+  >>> x = jax.random.normal(jax.random.key(0), (8, 4)) + 1.0
   >>> testing.assert_normalized(layer, x, axes=0)
   >>> testing.assert_stats_updated(layer, x)
 """

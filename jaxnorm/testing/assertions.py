@@ -58,7 +58,7 @@ def assert_normalized(model, x, *, axes: int | Sequence[int], variables=None,
     >>> import jax
     >>> from flax import nnx
     >>> from jaxnorm import nnx as jnnx, testing
-    >>> x = 3.0 * jax.random.normal(jax.random.key(0), (32, 4)) + 1.0
+    >>> x = 3.0 * jax.random.normal(jax.random.key(0), (8, 4)) + 1.0
     >>> testing.assert_normalized(jnnx.BatchNorm(4, rngs=nnx.Rngs(0)), x, axes=0)
   """
   subject = _subject(model, variables, train_kwargs, eval_kwargs, "assert_normalized")
@@ -98,7 +98,7 @@ def assert_affine_invariant(model, x, *, feature_axis: int = -1, variables=None,
     >>> import jax
     >>> from flax import nnx
     >>> from jaxnorm import nnx as jnnx, testing
-    >>> x = jax.random.normal(jax.random.key(0), (32, 4))
+    >>> x = jax.random.normal(jax.random.key(0), (8, 4))
     >>> testing.assert_affine_invariant(jnnx.BatchNorm(4, rngs=nnx.Rngs(0)), x)
   """
   subject = _subject(model, variables, train_kwargs, eval_kwargs, "assert_affine_invariant")
@@ -138,7 +138,7 @@ def assert_stats_updated(model, x, *, variables=None,
     >>> import jax
     >>> from flax import nnx
     >>> from jaxnorm import nnx as jnnx, testing
-    >>> x = jax.random.normal(jax.random.key(0), (32, 4)) + 2.0
+    >>> x = jax.random.normal(jax.random.key(0), (8, 4)) + 2.0
     >>> testing.assert_stats_updated(jnnx.BatchNorm(4, rngs=nnx.Rngs(0)), x)
   """
   subject = _subject(model, variables, train_kwargs, eval_kwargs, "assert_stats_updated")
@@ -164,7 +164,7 @@ def assert_stats_unchanged(model, x, *, train: bool = False, variables=None,
     >>> import jax
     >>> from flax import nnx
     >>> from jaxnorm import nnx as jnnx, testing
-    >>> x = jax.random.normal(jax.random.key(0), (32, 4)) + 2.0
+    >>> x = jax.random.normal(jax.random.key(0), (8, 4)) + 2.0
     >>> testing.assert_stats_unchanged(jnnx.BatchNorm(4, rngs=nnx.Rngs(0)), x)
     >>> frozen = jnnx.BatchNorm(4, freeze_stats=True, rngs=nnx.Rngs(0))
     >>> testing.assert_stats_unchanged(frozen, x, train=True)
@@ -232,10 +232,10 @@ def assert_precise_bn_consistent(model, x, *, variables=None, atol: float = 1e-4
     >>> import jax
     >>> from flax import nnx
     >>> from jaxnorm import nnx as jnnx, testing
-    >>> model = nnx.Sequential(nnx.Linear(3, 4, rngs=nnx.Rngs(0)),
+    >>> model = nnx.Sequential(nnx.Linear(4, 4, rngs=nnx.Rngs(0)),
     ...                        jnnx.BatchNorm(4, rngs=nnx.Rngs(0)))
     >>> testing.assert_precise_bn_consistent(model, jax.random.normal(jax.random.key(0),
-    ...                                                             (16, 3)))
+    ...                                                             (8, 4)))
   """
   from jaxnorm import training  # pylint: disable=import-outside-toplevel
 

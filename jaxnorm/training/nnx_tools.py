@@ -10,6 +10,7 @@ The model is called as ``model(x)``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -121,52 +122,83 @@ def nnx_precise_batch_stats(
     >>> import jax, jax.numpy as jnp
     >>> from flax import nnx
     >>> from jaxnorm import nnx as jnnx, training
-    >>> model = nnx.Sequential(nnx.Linear(3, 4, rngs=nnx.Rngs(0)),
+    >>> model = nnx.Sequential(nnx.Linear(4, 4, rngs=nnx.Rngs(0)),
     ...                        jnnx.BatchNorm(4, rngs=nnx.Rngs(0)))
-    >>> batches = [jax.random.normal(jax.random.key(i), (8, 3)) for i in range(2)]
+    >>> batches = [jax.random.normal(jax.random.key(i), (8, 4)) for i in range(2)]
     >>> stats = training.nnx_precise_batch_stats(model, batches)
     >>> nnx.update(model, stats)
     >>> model.layers[1].mean.shape
     (4,)
   """
-  fn = "jaxnorm.training.nnx_precise_batch_stats"
   batches = list(batches)
   if not batches:
-    raise ValueError(f"{fn}: batches is empty; give at least one batch of inputs.")
+    raise ValueError(f"{_PRECISE}: batches is empty; give at least one batch of inputs.")
   work = nnx.clone(model)
-  bn_paths = _paths(work, BATCH_NORM_TYPES)
+  bn_paths = tuple(_paths(work, BATCH_NORM_TYPES))
   if not bn_paths:
-    raise ValueError(f"{fn}: the model has no BatchNorm layer (jaxnorm.nnx.BatchNorm or "
-                     "flax.nnx.BatchNorm).")
-  order: list[tuple] = []
-
-  @jax.jit
-  def batch_moments(state, x):
-    recorded = {}
-
-    def record(path, module, args, kwargs, _):
-      if path not in order:  # call order, recorded while tracing
-        order.append(path)
-      recorded["/".join(map(str, path))] = batch_norm_input_moments(
-          args[0], module.axis, kwargs.get("mask"), fn=fn)
-
-    _hooked(_view(nnx.merge(graphdef, state), eval_view), bn_paths, record)(x)
-    return recorded
-
+    raise ValueError(f"{_PRECISE}: the model has no BatchNorm layer (jaxnorm.nnx.BatchNorm "
+                     "or flax.nnx.BatchNorm).")
+  view_items = _view_items(eval_view)
   graphdef, state = nnx.split(work)
-  per_batch = [jax.device_get(batch_moments(state, x)) for x in batches]
+  order = _call_order(graphdef, state, batches[0], bn_paths, view_items)
+
+  def sweep(state):
+    return [jax.device_get(_bn_input_moments(state, x, graphdef=graphdef, paths=bn_paths,
+                                             view_items=view_items)) for x in batches]
+
+  per_batch = sweep(state)
   groups = [[path] for path in order] if sequential else [order]
   for index, group in enumerate(groups):
     if index:
-      state = nnx.split(work)[1]
-      per_batch = [jax.device_get(batch_moments(state, x)) for x in batches]
+      per_batch = sweep(nnx.split(work)[1])
     for path in group:
-      name = "/".join(map(str, path))
-      mean, var = _merge(sown[name] for sown in per_batch)
+      mean, var = _merge(sown[_name(path)] for sown in per_batch)
       layer = _get(work, path)
       layer.mean[...] = jnp.asarray(mean, jnp.float32).reshape(layer.mean.shape)
       layer.var[...] = jnp.asarray(var, jnp.float32).reshape(layer.var.shape)
   return nnx.state(work, nnx.BatchStat)
+
+
+_PRECISE = "jaxnorm.training.nnx_precise_batch_stats"
+
+
+def _name(path) -> str:
+  return "/".join(map(str, path))
+
+
+def _view_items(eval_view) -> tuple:
+  """``eval_view`` as a hashable (static) value."""
+  return tuple(sorted(dict(EVAL_VIEW if eval_view is None else eval_view).items()))
+
+
+def _call_order(graphdef, state, x, paths, view_items) -> list[tuple]:
+  """The paths of the layers at ``paths`` in the order the model calls them."""
+  order = []
+
+  def record(path, *_):
+    if path not in order:
+      order.append(path)
+
+  def trace(state, x):
+    model = nnx.view(nnx.merge(graphdef, state), raise_if_not_found=False, **dict(view_items))
+    return _hooked(model, paths, record)(x)
+
+  jax.eval_shape(trace, state, x)
+  return order
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "paths", "view_items"))
+def _bn_input_moments(state, x, *, graphdef, paths, view_items):
+  """``{path: (count, mean, M2)}`` of the inputs of the BN layers at ``paths``."""
+  recorded = {}
+
+  def record(path, module, args, kwargs, _):
+    recorded[_name(path)] = batch_norm_input_moments(args[0], module.axis,
+                                                     kwargs.get("mask"), fn=_PRECISE)
+
+  model = nnx.view(nnx.merge(graphdef, state), raise_if_not_found=False, **dict(view_items))
+  _hooked(model, paths, record)(x)
+  return recorded
 
 
 def nnx_find_foldable_pairs(model: nnx.Module, x: jax.Array, *,
@@ -262,8 +294,14 @@ def nnx_mc_dropout_predict(model: nnx.Module, x: jax.Array, key: jax.Array, *,
   """
   view = nnx.view(_view(model, eval_view), only=DROPOUT_TYPES, deterministic=False,
                   raise_if_not_found=False)
-  paths = _paths(view, DROPOUT_TYPES)
   graphdef, state = nnx.split(view)
+  return _mc_predict(state, x, key, graphdef=graphdef,
+                     paths=tuple(_paths(view, DROPOUT_TYPES)), num_samples=num_samples)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "paths", "num_samples"))
+def _mc_predict(state, x, key, *, graphdef, paths, num_samples) -> MCPrediction:
+  """The vmapped passes: dropout layer ``i`` of pass ``k`` draws from ``fold_in(k, i)``."""
 
   def logits_fn(sample_key):
     current = nnx.merge(graphdef, state)

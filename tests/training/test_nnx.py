@@ -40,9 +40,13 @@ def _data(n=96, seed=0):
   return x, y
 
 
-def _state(seed=0, tx=None, **kwargs):
-  return training.NNXTrainState(Net(nnx.Rngs(seed), **kwargs),
-                                tx or optax.sgd(0.1, momentum=0.9),
+# One optimizer object: nnx.jit caches on the graph definition, which holds ``tx``, so
+# states sharing it share compiled steps.
+TX = optax.sgd(0.1, momentum=0.9)
+
+
+def _state(seed=0, tx=TX, **kwargs):
+  return training.NNXTrainState(Net(nnx.Rngs(seed), **kwargs), tx,
                                 rng=jax.random.key(seed + 100))
 
 
@@ -65,6 +69,7 @@ def _assert_equal(a, b):
 
 TRAIN_STEP = nnx.jit(training.make_nnx_train_step())
 EVAL_STEP = nnx.jit(training.make_nnx_eval_step())
+RUN_EPOCH = training.make_nnx_scan_epoch(training.make_nnx_train_step(), 32)
 
 
 def test_train_steps_match_the_linen_toolkit_without_dropout():
@@ -79,7 +84,7 @@ def test_train_steps_match_the_linen_toolkit_without_dropout():
   variables = jnnx.state_to_linen(state.model)
   linen_state = training.TrainState.create(
       apply_fn=LinenNet().apply, params=variables["params"],
-      batch_stats=variables["batch_stats"], tx=optax.sgd(0.1, momentum=0.9),
+      batch_stats=variables["batch_stats"], tx=TX,
       rng=jax.random.key(0))
   linen_step = jax.jit(training.make_train_step())
   x, y = _data()
@@ -153,8 +158,7 @@ def test_guard_rejects_non_finite_parameters_from_finite_gradients():
 
 def test_scan_epoch_equals_the_per_step_loop():
   x, y = _data()
-  run_epoch = training.make_nnx_scan_epoch(training.make_nnx_train_step(), 32)
-  scanned, metrics = run_epoch(_state(), x, y, jax.random.key(7))
+  scanned, metrics = RUN_EPOCH(_state(), x, y, jax.random.key(7))
   looped, loop_metrics = training.run_epoch_per_step(TRAIN_STEP, _state(), x, y,
                                                      jax.random.key(7), 32)
   assert metrics["loss"].shape == (3,)
@@ -182,7 +186,7 @@ def test_evaluate_and_eval_step_change_nothing():
 
 def test_checkpoint_resume_is_bit_exact(tmp_path):
   x, y = _data()
-  run_epoch = training.make_nnx_scan_epoch(training.make_nnx_train_step(), 32)
+  run_epoch = RUN_EPOCH
   key = jax.random.key(3)
   full = _state()
   for epoch in range(3):
