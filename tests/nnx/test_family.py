@@ -86,7 +86,7 @@ def test_family_matches_linen_over_steps(name, masked):
   linen_init = module.init(jax.random.key(0), _x(shape), **(
       {"use_running_average": True} if stateful else {}))
   assert jax.tree.map(jnp.shape, dict(linen_init)) == jax.tree.map(jnp.shape, variables)
-  for step in range(3):
+  for step in range(2):
     x = _x(shape, seed=step, loc=0.5 * step)
     mask = None
     if masked:

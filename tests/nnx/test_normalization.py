@@ -206,10 +206,9 @@ def test_masks_match_flax(name, args, shape, mask_shape):
     ("GroupNorm", (6,), (2, 3, 6)), ("InstanceNorm", (6,), (2, 3, 6)),
 ])
 @pytest.mark.parametrize("x_dtype,dtype,param_dtype", [
-    (jnp.bfloat16, None, jnp.float32),
-    (jnp.bfloat16, None, jnp.bfloat16),
-    (jnp.float32, jnp.bfloat16, jnp.float32),
-    (jnp.float16, jnp.float32, jnp.float16),
+    (jnp.bfloat16, None, jnp.float32),      # inferred: promoted to float32
+    (jnp.float32, jnp.bfloat16, jnp.float32),   # explicit narrower dtype
+    (jnp.float16, jnp.float32, jnp.float16),    # explicit wider dtype, half parameters
 ])
 def test_dtypes_match_flax(name, args, shape, x_dtype, dtype, param_dtype):
   kwargs = {"num_groups": 3} if name == "GroupNorm" else {}
@@ -316,3 +315,27 @@ def test_freeze_stats_and_eval_with_batch_stats():
   np.testing.assert_array_equal(adabn.mean[...], np.zeros(6))
   np.testing.assert_allclose(y.mean(0), 0.0, atol=1e-5)
   np.testing.assert_allclose(y.var(0), 1.0, atol=1e-3)
+
+
+def test_axis_name_merges_statistics_exactly_across_devices():
+  # 8 simulated devices with different numbers of valid examples: the running
+  # statistics equal the float64 statistics of all valid examples.
+  from jax.sharding import Mesh, PartitionSpec as P
+  mesh = Mesh(np.array(jax.devices()[:8]), ("data",))
+  layer = jnnx.BatchNorm(4, axis_name="data", momentum=0.0, rngs=nnx.Rngs(0))
+  x = _x((32, 4), loc=2.0)
+  mask = np.arange(32)[:, None] % 4 < np.repeat(np.arange(8) % 3 + 2, 4)[:, None]
+  graphdef, state = nnx.split(layer)
+
+  def local(state, x, mask):
+    model = nnx.merge(graphdef, state)
+    y = model(x, mask=mask)
+    return y, nnx.state(model, nnx.BatchStat)
+
+  y, stats = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(), P("data"), P("data")),
+                                   out_specs=(P("data"), P())))(state, x, jnp.asarray(mask))
+  valid = np.asarray(x, np.float64)[mask[:, 0]]
+  np.testing.assert_allclose(stats["mean"][...], valid.mean(0), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(stats["var"][...], valid.var(0), rtol=1e-5, atol=1e-6)
+  expected = (np.asarray(x, np.float64) - valid.mean(0)) / np.sqrt(valid.var(0) + 1e-5)
+  np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-4)
