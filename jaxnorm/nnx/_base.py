@@ -12,7 +12,6 @@ from types import MappingProxyType
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 from flax.nnx import rnglib
 from flax.nnx.nn import dtypes as nnx_dtypes
