@@ -4,7 +4,8 @@ The NNX counterpart of :class:`~jaxnorm.training.TrainState`,
 :func:`~jaxnorm.training.make_train_step`, :func:`~jaxnorm.training.make_eval_step` and
 :func:`~jaxnorm.training.make_scan_epoch`, with the same guarantees: the dropout keys of
 step ``t`` come from ``fold_in(rng, t)`` (the same seed gives bitwise-identical runs,
-and the scan-fused epoch equals the per-step loop), and a step with a non-finite loss,
+and the scan-fused epoch equals the per-step loop up to float32 rounding: XLA may fuse
+the scanned step differently), and a step with a non-finite loss,
 gradient, parameter, optimizer state or running statistic changes nothing but the step
 counter and ``skipped_steps``. The steps take and return the state, so they work under
 ``nnx.jit`` (which keeps shared references such as tied weights) and with
