@@ -9,8 +9,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 import jaxnorm
+import jaxnorm.nnx as jnnx
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": nn.relu, "sigmoid": nn.sigmoid, "tanh": jnp.tanh, "linear": lambda x: x}
@@ -63,6 +65,32 @@ class SeedMLP(nn.Module):
       if self.dropout_rate:
         x = jaxnorm.Dropout(self.dropout_rate, deterministic=not train)(x)
     return nn.Dense(self.num_classes)(x)
+
+
+class SeedMLPNNX(nnx.Module):
+  """:class:`SeedMLP` written with flax.nnx and ``jaxnorm.nnx`` layers (same parameters)."""
+
+  def __init__(self, input_dim: int, *, use_batch_norm: bool = True,
+               dropout_rate: float = 0.3, hidden: Sequence[int] = (128, 64),
+               num_classes: int = 10, rngs: nnx.Rngs):
+    widths = (input_dim, *hidden)
+    self.linears = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(widths, hidden)])
+    self.norms = nnx.List([jnnx.BatchNorm(w, rngs=rngs) for w in hidden]
+                          if use_batch_norm else [])
+    self.drops = nnx.List([jnnx.Dropout(dropout_rate, rngs=rngs) for _ in hidden]
+                          if dropout_rate else [])
+    self.head = nnx.Linear(widths[-1], num_classes, rngs=rngs)
+
+  def __call__(self, x):
+    x = x.reshape((x.shape[0], -1))
+    for i, linear in enumerate(self.linears):
+      x = linear(x)
+      if self.norms:
+        x = self.norms[i](x)
+      x = nnx.relu(x)
+      if self.drops:
+        x = self.drops[i](x)
+    return self.head(x)
 
 
 class MLP(nn.Module):
