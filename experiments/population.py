@@ -148,6 +148,7 @@ def train_population(
     keep_states: bool = False,
     progress: Callable[..., Any] | None = None,
     desc: str = "train",
+    init_variables: Any = None,
 ) -> Population:
   """Trains ``len(grid) × len(seeds)`` runs together; see the module docstring.
 
@@ -166,6 +167,10 @@ def train_population(
     keep_states: keep the final states (memory: one model per run).
     progress: a tqdm-like factory for a progress bar over evaluations.
     desc: the progress bar's label.
+    init_variables: variables to start from instead of the model's initialization
+      (e.g. pretrained ones to fine-tune): ``{'params': ..., 'batch_stats': ...}``
+      stacked along a leading axis of ``len(grid) * len(seeds)`` runs, setting-major
+      (the layout of :attr:`Population.states`); None initializes every run afresh.
 
   Returns:
     A :class:`Population`.
@@ -194,11 +199,18 @@ def train_population(
   x_train, y_train = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
   x_test, y_test = jnp.asarray(data.x_test), jnp.asarray(data.y_test)
 
-  def init_member(seed, hyper):
+  if init_variables is not None:
+    init_variables = dict(init_variables)
+    sizes = {leaf.shape[0] for leaf in jax.tree.leaves(init_variables)}
+    if sizes != {members}:
+      raise ValueError(f"train_population: init_variables must stack {members} runs "
+                       f"(settings x seeds) along the leading axis; got sizes {sizes}.")
+
+  def init_member(seed, hyper, start):
     init_key, state_key, shuffle_key = jax.random.split(jax.random.key(seed), 3)
     model_hyper, optimizer_hyper = _split_hyper(recipe, hyper)
-    variables = recipe.model.init(init_key, x_train[:2], **recipe.eval_kwargs,
-                                  **model_hyper)
+    variables = start if start is not None else recipe.model.init(
+        init_key, x_train[:2], **recipe.eval_kwargs, **model_hyper)
     state = training.TrainState.create(
         apply_fn=recipe.model.apply, params=variables["params"],
         batch_stats=variables.get("batch_stats"), tx=recipe.tx, rng=state_key)
@@ -242,7 +254,7 @@ def train_population(
   evaluate = jax.jit(jax.vmap(evaluate_member, in_axes=(0, 0, None, None)))
 
   compile_start = time.perf_counter()
-  states, shuffle_keys = init(seed_column, hyper)
+  states, shuffle_keys = init(seed_column, hyper, init_variables)
   start0 = jnp.asarray(0, jnp.int32)
   chunk = chunk.lower(states, hyper, shuffle_keys, start0, x_train, y_train).compile()
   evaluate = evaluate.lower(states, hyper, x_test, y_test).compile()

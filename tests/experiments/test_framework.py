@@ -239,3 +239,22 @@ def test_population_rejects_bad_lengths(tiny_data):
   with pytest.raises(ValueError, match="same length"):
     train_population(recipe, tiny_data, seeds=[0], steps=4, eval_every=4,
                      grid={"a": [1.0], "b": [1.0, 2.0]})
+
+
+def test_population_starts_from_given_variables(tiny_data):
+  """init_variables replaces the initialization: with learning rate 0 every run ends
+  where it started, i.e. on the variables given, member by member."""
+  model = SeedMLP(use_batch_norm=True, dropout_rate=0.0, hidden=(8,), num_classes=4)
+  start = train_population(Recipe(model, optax.sgd(0.1), 16), tiny_data, seeds=[0, 1],
+                           steps=4, eval_every=4, keep_states=True).states
+  variables = {"params": start.params, "batch_stats": start.batch_stats}
+  tx = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)
+  pop = train_population(Recipe(model, tx, 16), tiny_data, seeds=[5, 6], steps=4,
+                         eval_every=4, grid={"learning_rate": [0.0]}, keep_states=True,
+                         init_variables=variables)
+  for got, want in zip(jax.tree.leaves(pop.states.params), jax.tree.leaves(start.params)):
+    np.testing.assert_array_equal(got, want)
+  with pytest.raises(ValueError, match="init_variables must stack 4 runs"):
+    train_population(Recipe(model, tx, 16), tiny_data, seeds=[5, 6], steps=4,
+                     eval_every=4, grid={"learning_rate": [0.0, 0.1]},
+                     init_variables=variables)
