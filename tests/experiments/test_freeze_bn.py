@@ -89,10 +89,20 @@ def test_frozen_model_normalizes_with_running_statistics_in_training():
       variables, 2.0 * x + 1.0, train=False), rtol=1e-5, atol=1e-5)
 
 
-def test_fluctuation_is_the_std_of_the_second_half():
-  curves = np.array([[50.0, 10.0, 20.0, 30.0, 31.0, 33.0, 35.0]])
-  np.testing.assert_allclose(freeze_bn.fluctuation_of(curves),
-                             [np.std([31.0, 33.0, 35.0], ddof=1)])
+def test_fluctuation_is_the_residual_std_around_a_line_over_the_second_half():
+  rng = np.random.default_rng(3)
+  curves = rng.normal(size=(2, 3, 21)) * 4 + np.linspace(0, 60, 21)
+  got = freeze_bn.fluctuation_of(curves)
+  assert got.shape == (2, 3)
+  for i in range(2):
+    for j in range(3):
+      tail = curves[i, j, -10:]                      # 20 evaluations after step 0
+      t = np.arange(10)
+      residual = tail - np.polyval(np.polyfit(t, tail, 1), t)
+      np.testing.assert_allclose(got[i, j], np.sqrt(np.sum(residual ** 2) / 8), rtol=1e-9)
+  # A steady rise (however steep) is no fluctuation.
+  np.testing.assert_allclose(freeze_bn.fluctuation_of(np.linspace(0, 90, 21)[None]), [0.0],
+                             atol=1e-9)
 
 
 # --------------------------------------------------------------------------- verdicts
