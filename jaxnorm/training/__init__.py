@@ -4,6 +4,7 @@ checkpoints, precise-BN, BN folding and PyTorch interop."""
 from jaxnorm.training.checkpoint import (
     CheckpointError, latest_epoch, restore_checkpoint, save_checkpoint)
 from jaxnorm.training.folding import FoldPair, find_foldable_pairs, fold_batch_norm
+from jaxnorm.training.guard import all_finite, keep_if_not_finite
 from jaxnorm.training.interop import (
     batch_norm_from_torch, batch_norm_to_torch, momentum_from_torch, momentum_to_torch)
 from jaxnorm.training.loop import (
@@ -15,6 +16,7 @@ from jaxnorm.training.steps import classification_loss, make_eval_step, make_tra
 from jaxnorm.training.uncertainty import MCPrediction, mc_dropout_predict, monte_carlo_predict
 
 __all__ = [
+    "all_finite", "keep_if_not_finite",
     "CheckpointError", "FoldPair", "MCPrediction", "TrainState", "mc_dropout_predict",
     "monte_carlo_predict", "batch_norm_from_torch",
     "batch_norm_to_torch", "classification_loss", "decay_mask", "epoch_batch_indices",
