@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax.core import unfreeze
 
+from jaxnorm.training import _validate
 from jaxnorm.training.precise_bn import BATCH_NORM_TYPES
 
 LINEAR_TYPES = (nn.Dense, nn.Conv, nn.DenseGeneral)
@@ -77,6 +78,7 @@ def fold_batch_norm(variables: Mapping[str, Any], pairs: Sequence[FoldPair]) -> 
   ``kernel`` and a ``bias`` (created if it had none). Use them with the same network
   built without those BN layers and with ``use_bias=True`` on the linear layers.
   """
+  _validate.check_live(variables, name="variables", fn="jaxnorm.training.fold_batch_norm")
   params = unfreeze(variables["params"])
   stats = variables["batch_stats"]
   for pair in pairs:

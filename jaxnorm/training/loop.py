@@ -25,12 +25,12 @@ from jaxnorm.training.state import TrainState
 from jaxnorm.training.steps import Batch
 
 
-def _check_batch_size(batch_size, *, fn: str) -> int:
+def _check_batch_size(batch_size, *, fn: str, positive: bool = True) -> int:
   if isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size,
                                                                 (int, np.integer)):
     raise TypeError(f"{fn}: batch_size must be an int; got {batch_size!r} of type "
                     f"{type(batch_size).__name__}.")
-  if batch_size < 1:
+  if positive and batch_size < 1:
     raise ValueError(f"{fn}: batch_size must be >= 1; got {batch_size}.")
   return int(batch_size)
 
@@ -48,7 +48,7 @@ def _check_inputs(step, state, x, y, batch_size: int, *, fn: str) -> None:
 
 def epoch_batch_indices(key: jax.Array, num_examples: int, batch_size: int) -> jax.Array:
   """``(steps, batch_size)`` indices of one shuffled epoch; the last partial batch is dropped."""
-  _check_batch_size(batch_size, fn="jaxnorm.training")
+  _check_batch_size(batch_size, fn="jaxnorm.training", positive=False)
   if batch_size < 1 or batch_size > num_examples:
     raise ValueError(
         f"jaxnorm.training: batch_size must be in [1, {num_examples}] (the number of "

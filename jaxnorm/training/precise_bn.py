@@ -19,6 +19,7 @@ from flax.core import unfreeze
 from jaxnorm import _checks
 from jaxnorm.functional import masked_moments
 from jaxnorm.linen import BatchNorm
+from jaxnorm.training import _validate
 
 BATCH_NORM_TYPES = (BatchNorm, nn.BatchNorm)
 _COLLECTION = "precise_bn"
@@ -110,6 +111,8 @@ def precise_batch_stats(
   Returns:
     A new ``batch_stats`` tree with the same structure, float32.
   """
+  fn = "jaxnorm.training.precise_batch_stats"
+  _validate.check_live(variables, name="variables", fn=fn)
   eval_kwargs = {"train": False} if eval_kwargs is None else dict(eval_kwargs)
   batches = list(batches)
   if not batches:
