@@ -60,6 +60,19 @@ def _merge(moments: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]):
   return mean, m2 / np.maximum(total, 1)
 
 
+def _raise_not_finite(per_batch, path, fn: str):
+  """``ValueError`` naming the layer and the first batch whose BN inputs are not finite."""
+  first = next((index for index, sown in enumerate(per_batch)
+                if not all(np.all(np.isfinite(np.asarray(t)))
+                           for triple in _get(sown, path)["moments"] for t in triple)),
+               None)
+  where = f"batch {first}" if first is not None else "the pooled batches"
+  raise ValueError(
+      f"{fn}: the inputs of {'/'.join(path)} are not finite in {where}, so its population "
+      "statistics would be NaN/inf and the evaluation network dead. Pass finite batches "
+      "(check them with np.isfinite), or fix the weights that overflow.")
+
+
 def _leaf_paths(tree: Mapping, prefix=()) -> list[tuple[str, ...]]:
   """Paths of the modules that sowed ``moments`` in a nested dict."""
   paths = []
@@ -143,6 +156,8 @@ def precise_batch_stats(
     for path in group:
       mean, var = _merge(triple for sown in per_batch
                          for triple in _get(sown, path)["moments"])
+      if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(var))):
+        _raise_not_finite(per_batch, path, fn)
       stats = _get(batch_stats, path)
       stats["mean"] = jax.numpy.asarray(mean, jax.numpy.float32)
       stats["var"] = jax.numpy.asarray(var, jax.numpy.float32)
