@@ -2,7 +2,7 @@
 checkpoints, precise-BN, BN folding and PyTorch interop."""
 
 from jaxnorm.training.checkpoint import (
-    CheckpointError, latest_epoch, restore_checkpoint, save_checkpoint)
+    CheckpointError, latest_epoch, restore_checkpoint, save_checkpoint, verify_checkpoint)
 from jaxnorm.training.folding import FoldPair, find_foldable_pairs, fold_batch_norm
 from jaxnorm.training.guard import all_finite, keep_if_not_finite
 from jaxnorm.training.interop import (
@@ -24,4 +24,5 @@ __all__ = [
     "latest_epoch", "make_eval_step", "make_optimizer", "make_scan_epoch",
     "make_train_step", "momentum_from_torch", "momentum_to_torch",
     "precise_batch_stats", "restore_checkpoint", "run_epoch_per_step", "save_checkpoint",
+    "verify_checkpoint",
 ]
