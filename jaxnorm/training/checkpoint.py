@@ -28,10 +28,14 @@ Guarantees:
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import json
 import os
 import shutil
+import sys
+import tempfile
 
 import jax
 import numpy as np
@@ -45,6 +49,7 @@ _ITEM = "default"  # orbax's item name, as CheckpointManager writes it
 _FORMAT = "jaxnorm.training checkpoint"
 _VERSION = 1
 _CHUNK = 1 << 20
+_SLACK = 1 << 20  # metadata written beside the arrays, bytes
 
 
 class CheckpointError(ValueError):
@@ -55,6 +60,38 @@ class CheckpointError(ValueError):
 def _short(error: BaseException) -> str:
   text = " ".join(str(error).split())
   return f"{type(error).__name__}: {text[:300]}{'...' if len(text) > 300 else ''}"
+
+
+@contextlib.contextmanager
+def _quiet_on_failure():
+  """Runs orbax with its output collected: replayed if it succeeds, dropped if it fails.
+
+  When a write fails, orbax's worker threads and tensorstore's callbacks each print a
+  traceback (~150 lines for one failure) and leave coroutines that print more at
+  interpreter exit. This keeps file descriptor 2 on a temporary file while orbax runs;
+  on success what was printed (warnings) is written back to stderr; on failure the
+  abandoned coroutines are collected at once and the caller raises one error.
+  """
+  sys.stderr.flush()
+  saved = os.dup(2)
+  sink = tempfile.TemporaryFile()
+  os.dup2(sink.fileno(), 2)
+  failed = False
+  try:
+    yield
+  except BaseException:
+    failed = True
+    gc.collect()
+    raise
+  finally:
+    sys.stderr.flush()
+    os.dup2(saved, 2)
+    os.close(saved)
+    sink.seek(0)
+    output = sink.read()
+    sink.close()
+    if output and not failed:
+      os.write(2, output)
 
 
 def _is_primary() -> bool:
@@ -174,12 +211,21 @@ def save_checkpoint(directory: str, state: TrainState, epoch: int,
       os.makedirs(directory, exist_ok=True)
       shutil.rmtree(partial, ignore_errors=True)  # left by an interrupted save
       os.makedirs(partial)
+    free = shutil.disk_usage(directory).free
   except OSError as error:
     raise CheckpointError(f"{fn}: cannot write a checkpoint into {directory!r} "
                           f"({_short(error)}). Choose a writable directory.") from None
+  needed = sum(int(getattr(leaf, "nbytes", 0)) for leaf in jax.tree.leaves(state)) + _SLACK
+  if free < needed:
+    if _is_primary():
+      shutil.rmtree(partial, ignore_errors=True)
+    raise CheckpointError(f"{fn}: {directory!r} has {free / 2**20:.1f} MiB free but the "
+                          f"checkpoint needs about {needed / 2**20:.1f} MiB. Free some "
+                          "space or choose another directory.")
   _sync(f"jaxnorm_save_{epoch}_start")
   try:
-    with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
+    with _quiet_on_failure(), ocp.Checkpointer(
+        ocp.StandardCheckpointHandler()) as checkpointer:
       checkpointer.save(os.path.join(partial, _ITEM), args=ocp.args.StandardSave(state))
     _sync(f"jaxnorm_save_{epoch}_written")
     if _is_primary():
@@ -315,7 +361,8 @@ def restore_checkpoint(directory: str, like: TrainState, epoch: int | None = Non
                                                1)) from None
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
   try:
-    with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
+    with _quiet_on_failure(), ocp.Checkpointer(
+        ocp.StandardCheckpointHandler()) as checkpointer:
       restored = checkpointer.restore(os.path.join(epochs[epoch], _ITEM),
                                       args=ocp.args.StandardRestore(abstract))
   except Exception as error:  # pylint: disable=broad-except  (orbax raises many types)
