@@ -47,7 +47,8 @@ def run(args) -> dict:
   epochs = args.epochs or (2 if args.quick else 10)
   seeds = args.seeds or (2 if args.quick else 5)
   batch_size, learning_rate = 32, 0.1
-  data = load_dataset(args.data, path=args.data_path, seed=args.split_seed)
+  data = load_dataset(args.data, path=args.data_path, seed=args.split_seed,
+                      batch_size=batch_size)
   print(data.describe())
   full = SeedMLP(num_classes=data.num_classes, **VARIANTS["+BN+Dropout"])
   print(parameter_summary(full, data.input_dim))

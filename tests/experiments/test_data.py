@@ -515,8 +515,13 @@ def test_split_disjoint_covering_sizes(n):
 @given(n=st.integers(1, 300), fraction=st.floats(0.01, 0.99), seed=st.integers(0, 2**31))
 def test_split_properties(n, fraction, seed):
   x, y = _split_arrays(n)
+  n_train = int(round((1 - fraction) * n))
+  if not 0 < n_train < n:  # no training or no test example: an error, never a silent split
+    with pytest.raises(DataError, match=f"gives {n_train} training and {n - n_train} test"):
+      data_lib.split(x, y, seed=seed, test_fraction=fraction)
+    return
   x_train, y_train, x_test, y_test = data_lib.split(x, y, seed=seed, test_fraction=fraction)
-  assert len(y_train) == int(round((1 - fraction) * n))
+  assert len(y_train) == n_train and len(y_test) == n - n_train
   assert sorted(np.concatenate([y_train, y_test]).tolist()) == y.tolist()
   np.testing.assert_array_equal(x_train[:, 0], y_train / 7 * 3)
 
