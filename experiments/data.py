@@ -124,8 +124,9 @@ def check_features(x: np.ndarray, *, source: str,
     index = int(np.argmin(finite))
     row = np.asarray(x[index]).reshape(-1)
     column = int(np.argmin(np.isfinite(row)))
-    raise DataError(f"{source}: {where(index)} has the non-finite value {row[column]!r} "
-                    f"at feature {column}; every value must be finite.")
+    value = row[column].item()
+    raise DataError(f"{source}: {where(index)} has the non-finite value {value!r} at "
+                    f"feature {column}; every value must be finite.")
   return x
 
 

@@ -183,9 +183,9 @@ def save_checkpoint(directory: str, state: TrainState, epoch: int,
     >>> training.save_checkpoint(directory, state, epoch=1)
     >>> training.latest_epoch(directory)
     1
-    >>> training.save_checkpoint(directory, state, epoch=1)
+    >>> training.save_checkpoint(directory, state, epoch=1)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
-    FileExistsError: jaxnorm.training.save_checkpoint: ...
+    FileExistsError: jaxnorm.training.save_checkpoint: ... never overwritten ...
   """
   fn = "jaxnorm.training.save_checkpoint"
   epoch = _check_epoch(epoch, fn=fn)
@@ -269,9 +269,9 @@ def verify_checkpoint(directory: str, epoch: int) -> None:
     >>> training.verify_checkpoint(directory, 2)  # silent when intact
     >>> with open(os.path.join(directory, "2", "default", "_METADATA"), "r+b") as f:
     ...   _ = f.write(b" ")
-    >>> training.verify_checkpoint(directory, 2)
+    >>> training.verify_checkpoint(directory, 2)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
-    jaxnorm.training.checkpoint.CheckpointError: jaxnorm.training.verify_checkpoint: ... default/_METADATA ...
+    jaxnorm.training.checkpoint.CheckpointError: ... default/_METADATA does not match ...
   """
   fn = "jaxnorm.training.verify_checkpoint"
   epoch = _check_epoch(epoch, fn=fn)

@@ -134,7 +134,8 @@ def test_classification_loss_never_uses_a_wrapped_or_clamped_class():
                              rtol=1e-6)
   with pytest.raises(TypeError, match="integer class indices.*float32"):
     training.classification_loss(logits, jnp.zeros(4))
-  with pytest.raises(ValueError, match=re.escape("logits.shape[:-1] = (4,); got labels.shape=(4, 1)")):
+  expected = "logits.shape[:-1] = (4,); got labels.shape=(4, 1)"
+  with pytest.raises(ValueError, match=re.escape(expected)):
     training.classification_loss(logits, jnp.zeros((4, 1), jnp.int32))
 
 
