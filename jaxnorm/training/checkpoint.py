@@ -39,7 +39,6 @@ import tempfile
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
 from jaxnorm.training import _validate
 from jaxnorm.training.state import TrainState
@@ -92,6 +91,12 @@ def _quiet_on_failure():
     sink.close()
     if output and not failed:
       os.write(2, output)
+
+
+def _orbax():
+  """orbax.checkpoint, imported on first use (it is slow to import)."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  return ocp
 
 
 def _is_primary() -> bool:
@@ -223,6 +228,7 @@ def save_checkpoint(directory: str, state: TrainState, epoch: int,
                           f"checkpoint needs about {needed / 2**20:.1f} MiB. Free some "
                           "space or choose another directory.")
   _sync(f"jaxnorm_save_{epoch}_start")
+  ocp = _orbax()
   try:
     with _quiet_on_failure(), ocp.Checkpointer(
         ocp.StandardCheckpointHandler()) as checkpointer:
@@ -359,6 +365,7 @@ def restore_checkpoint(directory: str, like: TrainState, epoch: int | None = Non
     except CheckpointError as error:
       raise CheckpointError(str(error).replace("verify_checkpoint", "restore_checkpoint",
                                                1)) from None
+  ocp = _orbax()
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
   try:
     with _quiet_on_failure(), ocp.Checkpointer(
