@@ -4,7 +4,9 @@ Two processes on localhost (``jax.distributed.initialize``, four CPU devices eac
 train the seed MLP with the batch split over all eight devices, so every BatchNorm
 layer's statistics are computed across devices and processes; their params and
 ``batch_stats`` must equal the same steps in this process over eight devices (which
-other tests hold equal to one device with the whole batch).
+other tests hold equal to one device with the whole batch). Both processes also save
+the final state as one checkpoint, which restores here, on one device, to the same
+values.
 """
 
 import importlib.util
@@ -18,6 +20,8 @@ import jax
 import numpy as np
 import pytest
 from jax.sharding import Mesh
+
+from jaxnorm import training
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -45,7 +49,8 @@ def _start_two_processes(tmp_path):
   outputs = [tmp_path / f"process{i}.npz" for i in range(2)]
   processes = [
       subprocess.Popen([sys.executable, str(HERE / "multihost_worker.py"), str(i), "2",
-                        str(port), str(outputs[i])], env=env, stdout=subprocess.PIPE,
+                        str(port), str(outputs[i]), str(tmp_path / "checkpoints")],
+                       env=env, stdout=subprocess.PIPE,
                        stderr=subprocess.STDOUT, text=True)
       for i in range(2)]
   return processes, outputs
@@ -81,10 +86,15 @@ def test_two_processes_equal_one_process_with_eight_devices(tmp_path):
     assert int(result.pop("global_devices")) == 8
   assert sorted(eight) == sorted(results[0]) == sorted(results[1])
   assert any("batch_stats" in name and "mean" in name for name in eight)
+  restored, epoch = training.restore_checkpoint(str(tmp_path / "checkpoints"),
+                                                like=worker.initial_state())
+  assert epoch == 1
+  restored = worker.flat_values(restored)
   for name, expected in eight.items():
     for result in results:
       # Same program, same shards; only the all-reduce runs over gloo between processes.
       np.testing.assert_allclose(result[name], expected, rtol=1e-6, atol=1e-7,
                                  err_msg=name)
     np.testing.assert_array_equal(results[0][name], results[1][name], err_msg=name)
+    np.testing.assert_array_equal(restored[name], results[0][name], err_msg=name)
   assert not np.allclose(eight["['batch_stats']['BatchNorm_0']['mean']"], 0.0)
