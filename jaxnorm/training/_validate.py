@@ -46,6 +46,13 @@ def check_live(tree: Any, *, name: str, fn: str) -> None:
         "donate=False) to keep the input state alive.")
 
 
+def concrete_all_finite(x: Any) -> bool:
+  """False only when ``x`` is concrete and holds a non-finite value (traced: True)."""
+  if isinstance(x, jax.core.Tracer):
+    return True
+  return bool(np.all(np.isfinite(np.asarray(x))))
+
+
 def leading_length(x: Any, *, name: str, fn: str) -> int:
   """``len(x)`` of an array-like with at least one dimension."""
   shape = np.shape(x)

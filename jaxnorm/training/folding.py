@@ -98,6 +98,12 @@ def fold_batch_norm(variables: Mapping[str, Any], pairs: Sequence[FoldPair]) -> 
     linear["kernel"] = (kernel * factor).astype(kernel.dtype)
     linear["bias"] = ((bias - bn_stats["mean"]) * factor + bn_params.get(
         "bias", jnp.zeros(features))).astype(kernel.dtype)
+    if not all(_validate.concrete_all_finite(linear[name]) for name in ("kernel", "bias")):
+      raise ValueError(
+          f"jaxnorm.training.fold_batch_norm: folding {'/'.join(pair.batch_norm)} into "
+          f"{'/'.join(pair.linear)} gives non-finite weights (its running statistics or "
+          "parameters are not finite, or var + epsilon underflows); the folded network "
+          "would be dead. Fix the statistics (e.g. with precise_batch_stats) first.")
     parent = _subtree(params, pair.batch_norm[:-1])
     del parent[pair.batch_norm[-1]]
   return params

@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
+from jaxnorm.training import _validate
+
 
 def key_data(key: jax.Array) -> jax.Array:
   """Raw ``uint32`` data of a PRNG key (typed or raw), the form kept in checkpoints."""
@@ -38,7 +40,14 @@ class TrainState(train_state.TrainState):
   @classmethod
   def create(cls, *, apply_fn, params, tx: optax.GradientTransformation,
              rng: jax.Array, batch_stats: Any = None, **kwargs) -> "TrainState":
-    """Builds a state at step 0 with ``tx.init(params)`` as optimizer state."""
+    """Builds a state at step 0 with ``tx.init(params)`` as optimizer state.
+
+    The state shares the arrays of ``params`` and ``batch_stats`` (no copy); a
+    donating epoch (:func:`~jaxnorm.training.make_scan_epoch`) therefore deletes them
+    along with the state.
+    """
+    _validate.check_live({"params": params, "batch_stats": batch_stats}, name="arguments",
+                         fn="jaxnorm.training.TrainState.create")
     state = super().create(
         apply_fn=apply_fn, params=params, tx=tx,
         batch_stats={} if batch_stats is None else batch_stats,

@@ -180,6 +180,9 @@ def test_donated_state_gives_clear_errors_everywhere(tmp_path, toy_data, state_f
       "mc_dropout_predict": lambda: training.mc_dropout_predict(apply_fn, variables, x,
                                                                 KEY, num_samples=2),
       "fold_batch_norm": lambda: training.fold_batch_norm(variables, []),
+      "TrainState.create": lambda: training.TrainState.create(
+          apply_fn=apply_fn, params=variables["params"], tx=optax.sgd(0.1),
+          batch_stats=variables["batch_stats"], rng=KEY),
   }
   for name, call in calls.items():
     with pytest.raises(ValueError) as excinfo:
