@@ -216,18 +216,18 @@ def save_checkpoint(directory: str, state: TrainState, epoch: int,
       os.makedirs(directory, exist_ok=True)
       shutil.rmtree(partial, ignore_errors=True)  # left by an interrupted save
       os.makedirs(partial)
+    _sync(f"jaxnorm_save_{epoch}_start")  # the other processes see the directory now
     free = shutil.disk_usage(directory).free
   except OSError as error:
     raise CheckpointError(f"{fn}: cannot write a checkpoint into {directory!r} "
                           f"({_short(error)}). Choose a writable directory.") from None
-  needed = sum(int(getattr(leaf, "nbytes", 0)) for leaf in jax.tree.leaves(state)) + _SLACK
+  needed = _SLACK + sum(int(getattr(leaf, "nbytes", 0)) for leaf in jax.tree.leaves(state))
   if free < needed:
     if _is_primary():
       shutil.rmtree(partial, ignore_errors=True)
     raise CheckpointError(f"{fn}: {directory!r} has {free / 2**20:.1f} MiB free but the "
                           f"checkpoint needs about {needed / 2**20:.1f} MiB. Free some "
                           "space or choose another directory.")
-  _sync(f"jaxnorm_save_{epoch}_start")
   ocp = _orbax()
   try:
     with _quiet_on_failure(), ocp.Checkpointer(
