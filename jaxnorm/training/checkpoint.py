@@ -166,7 +166,9 @@ def save_checkpoint(directory: str, state: TrainState, epoch: int,
 
   The checkpoint appears atomically as ``directory/<epoch>`` with a manifest of
   checksums (see the module docstring). After saving, only the ``max_to_keep`` newest
-  checkpoints are kept (the one just saved always is); ``None`` keeps all.
+  checkpoints are kept (the one just saved always is); ``None`` keeps all. In a
+  multi-process job every process calls it with the same arguments and ``directory``
+  must be shared; each writes its own shards and process 0 the manifest.
 
   Args:
     directory: where to save (created if needed).
