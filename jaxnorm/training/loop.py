@@ -79,6 +79,8 @@ def make_scan_epoch(
   functions given a deleted state raise a ``ValueError`` that says so; to keep the input
   state (e.g. to compare before and after) use ``donate=False``.
 
+  ``run_epoch.jitted`` is the jitted epoch without the checks (e.g. for ``.lower()``).
+
   Args:
     train_step: ``(state, (x, y)) -> (state, metrics)``, e.g. from
       :func:`~jaxnorm.training.make_train_step` (not jitted; the epoch jits it).
