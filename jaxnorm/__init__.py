@@ -17,7 +17,8 @@ _LINEN_EXPORTS = ("AlphaDropout", "BatchNorm", "BatchRenorm", "ClassicDropout",
                   "ConcreteDropoutDense", "DropConnectDense", "DropPath", "Dropout",
                   "GaussianDropout", "SpatialDropout", "EvoNormB0", "EvoNormS0",
                   "GhostBatchNorm", "GroupNorm", "InstanceNorm", "LayerNorm", "RMSNorm",
-                  "SwitchNorm")
+                  "SwitchNorm", "AttentionDropout", "DecorrelatedBatchNorm", "IterNorm",
+                  "PatchDrop", "RevIN", "TokenDropout")
 
 __all__ = ["BatchStats", "functional", "linen", *_LINEN_EXPORTS]
 

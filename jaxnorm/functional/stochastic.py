@@ -93,6 +93,11 @@ def _static_rate(rate, fn: str) -> float | None:
   return _checks.concrete_float(rate)
 
 
+def _uniform(key, shape) -> jax.Array:
+  """Uniform [0, 1) float32 draws of ``shape``: random scores (e.g. tokens to keep)."""
+  return jax.random.uniform(key, shape, jnp.float32)
+
+
 def spatial_dropout(
     key: jax.Array, x: jax.Array, *, rate: float | jax.Array, channel_axis: int = -1
 ) -> jax.Array:

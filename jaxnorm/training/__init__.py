@@ -13,7 +13,8 @@ from jaxnorm.training.optim import decay_mask, make_optimizer
 from jaxnorm.training.precise_bn import precise_batch_stats
 from jaxnorm.training.state import TrainState
 from jaxnorm.training.steps import classification_loss, make_eval_step, make_train_step
-from jaxnorm.training.uncertainty import MCPrediction, mc_dropout_predict, monte_carlo_predict
+from jaxnorm.training.uncertainty import (
+    MCPrediction, mc_dropout_predict, mc_tta_predict, monte_carlo_predict)
 
 __all__ = [
     "all_finite", "keep_if_not_finite",
@@ -24,5 +25,5 @@ __all__ = [
     "latest_epoch", "make_eval_step", "make_optimizer", "make_scan_epoch",
     "make_train_step", "momentum_from_torch", "momentum_to_torch",
     "precise_batch_stats", "restore_checkpoint", "run_epoch_per_step", "save_checkpoint",
-    "verify_checkpoint",
+    "mc_tta_predict", "verify_checkpoint",
 ]

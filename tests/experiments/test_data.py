@@ -793,13 +793,13 @@ def test_fewer_training_examples_than_one_batch(tmp_path):
 
 
 def test_seed_mlp_rejects_a_too_small_data_set_before_training(tmp_path, capsys):
-  import argparse  # pylint: disable=import-outside-toplevel
   from experiments import seed_mlp  # pylint: disable=import-outside-toplevel
+  from experiments.spec import RunContext  # pylint: disable=import-outside-toplevel
   path = _write_fashion(tmp_path / "small.csv", _fashion_table(30), header=True)
-  args = argparse.Namespace(data="fashion-csv", data_path=path, split_seed=0, quick=True,
-                            epochs=None, seeds=None, out=str(tmp_path / "out"))
+  ctx = RunContext(out_dir=str(tmp_path / "out"), quick=True, seeds=2, data="fashion-csv",
+                   data_path=path)
   with pytest.raises(DataError, match="one batch of 32"):
-    seed_mlp.run(args)
+    seed_mlp.run(ctx)
   assert not (tmp_path / "out").exists()
   assert capsys.readouterr().out == ""  # nothing was trained or printed
 
