@@ -24,6 +24,10 @@ MODULES = [
     "jaxnorm.testing",
     "jaxnorm.testing.assertions",
     "jaxnorm.testing.strategies",
+    "jaxnorm.training.guard",
+    "jaxnorm.training.steps",
+    "jaxnorm.training.loop",
+    "jaxnorm.training.checkpoint",
 ]
 
 

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 from jaxnorm import functional as F
 from jaxnorm.linen import Dropout
+from jaxnorm.training import _validate
 
 DROPOUT_TYPES = (Dropout, nn.Dropout)
 
@@ -78,6 +79,7 @@ def mc_dropout_predict(apply_fn, variables: Mapping[str, Any], x: jax.Array,
   or ``flax.linen.Dropout``) samples a mask; each of the ``num_samples`` passes gets its
   own key. Other stochastic layers stay deterministic.
   """
+  _validate.check_live(variables, name="variables", fn="jaxnorm.training.mc_dropout_predict")
   eval_kwargs = {"train": False} if eval_kwargs is None else dict(eval_kwargs)
 
   def logits_fn(sample_key):
