@@ -14,7 +14,7 @@ import importlib
 
 #: Module names, in the order of the report. ``seed_mlp`` is the main job (the notebook's
 #: network): it makes no claim of its own and is not part of the report.
-_MODULES = ("seed_mlp", "bn_fig1", "lr_sweep", "depth_gradients", "placement",
+_MODULES = ("seed_mlp", "bn_fig1", "lr_sweep", "ics", "depth_gradients", "placement",
             "mnist1d_baselines", "rnn_norm")
 
 EXPERIMENTS = {module.NAME: module for module in (
