@@ -264,15 +264,17 @@ def calibration_numbers(pred: Mapping[str, np.ndarray], labels: np.ndarray) -> d
   """Per-seed NLL, accuracy, ECE and reliability bins of both predictions."""
   out = {}
   for method in ("det", "mc"):
-    nll, acc, ece, bins = [], [], [], []
+    nll, acc, ece, bins, gap = [], [], [], [], []
     for seed in range(pred[f"{method}_probs"].shape[0]):
       probs = pred[f"{method}_probs"][seed]
       nll.append(negative_log_likelihood(pred[f"{method}_log_probs"][seed], labels))
       acc.append(float(np.mean(probs.argmax(1) == labels)))
+      gap.append(float(np.mean(probs.max(1))) - acc[-1])
       ece.append(expected_calibration_error(probs, labels, num_bins=NUM_BINS))
       bins.append(reliability_bins(probs, labels, num_bins=NUM_BINS))
     out[f"{method}_nll"], out[f"{method}_accuracy"], out[f"{method}_ece"] = nll, acc, ece
     out[f"{method}_bins"] = bins
+    out[f"{method}_confidence_minus_accuracy"] = gap
   return out
 
 
@@ -361,6 +363,17 @@ def _curves_figure(path, populations, seeds: int):
                 y="test accuracy (fraction)", title="test accuracy, dropout off")
 
 
+def _confidence_note(numbers) -> str:
+  """Which way each prediction is miscalibrated on average, from the measured gap."""
+  parts = []
+  for method, label in (("det", "deterministic"), ("mc", "MC dropout")):
+    gap = float(np.mean(numbers[f"{method}_confidence_minus_accuracy"])) * 100
+    side = "overconfident" if gap > 0 else "underconfident"
+    parts.append(f"{label} {gap:+.2f} points ({side})")
+  return ("Mean top-class confidence minus accuracy on the 10-class test set: "
+          + "; ".join(parts) + ".")
+
+
 def _table(numbers) -> str:
   rows = []
 
@@ -373,6 +386,9 @@ def _table(numbers) -> str:
   row("test NLL (nats)", numbers["det_nll"], numbers["mc_nll"])
   row("test ECE (%)", numbers["det_ece"], numbers["mc_ece"], 100.0, 2)
   row("test accuracy (%)", numbers["det_accuracy"], numbers["mc_accuracy"], 100.0, 2)
+  row("mean confidence - accuracy (points; < 0: underconfident)",
+      numbers["det_confidence_minus_accuracy"], numbers["mc_confidence_minus_accuracy"],
+      100.0, 2)
   row("AUROC by entropy, 0-4 vs 5-9", numbers["auroc_det_entropy"],
       numbers["auroc_mc_entropy"], 1.0, 3)
   mi = summarize(numbers["auroc_mc_mutual_information"], LEVEL)
@@ -411,7 +427,7 @@ def run(ctx: RunContext) -> Outcome:
   summary = {name: summarize(values, LEVEL) for name, values in numbers.items()}
   summary.update({f"mc_minus_det_{m}": paired_difference(numbers[f"mc_{m}"],
                                                          numbers[f"det_{m}"], LEVEL)
-                  for m in ("nll", "ece", "accuracy")})
+                  for m in ("nll", "ece", "accuracy", "confidence_minus_accuracy")})
   bins = {method: {"edges": cal[f"{method}_bins"][0].edges,
                    "confidence": [b.confidence for b in cal[f"{method}_bins"]],
                    "accuracy": [b.accuracy for b in cal[f"{method}_bins"]],
@@ -436,5 +452,6 @@ def run(ctx: RunContext) -> Outcome:
       summary=summary, verdicts=verdicts, table=_table(numbers), figures=figures,
       notes=[f"2 training programs: {compile_seconds:.1f} s compiling, {train_seconds:.1f} "
              f"s training; steps rejected by the non-finite guard: {skipped}.",
+             _confidence_note(numbers),
              "Reliability bins in per_seed are lists over seeds; NaN (null) marks an empty "
              "bin."])

@@ -41,16 +41,19 @@ def test_quick_run_writes_results_table_and_figures(quick_run):
   for figure in outcome.figures:
     with open(os.path.join(out, figure), "rb") as handle:
       assert handle.read(8) == PNG_MAGIC
-  assert outcome.table.count("\n") == 6  # header, rule, five rows
+  assert outcome.table.count("\n") == 7  # header, rule, six rows
   with open(os.path.join(out, "table.md"), encoding="utf-8") as handle:
     assert outcome.table in handle.read()
+  assert any(note.startswith("Mean top-class confidence minus accuracy")
+             for note in outcome.notes)
 
 
 def test_quick_run_numbers_are_per_seed_and_in_range(quick_run):
   _, outcome, payload = quick_run
   per_seed = outcome.per_seed
   for name in ("det_nll", "mc_nll", "det_ece", "mc_ece", "det_accuracy", "mc_accuracy",
-               "auroc_det_entropy", "auroc_mc_entropy", "auroc_mc_mutual_information"):
+               "auroc_det_entropy", "auroc_mc_entropy", "auroc_mc_mutual_information",
+               "det_confidence_minus_accuracy", "mc_confidence_minus_accuracy"):
     values = np.asarray(per_seed[name])
     assert values.shape == (SEEDS,), name
     assert np.isfinite(values).all(), name
