@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
   run.add_argument("--data-path", default=None, help="file or directory for user data")
   run.add_argument("--split-seed", type=int, default=0,
                    help="seed of the train/test split (>= 0)")
+  run.add_argument("--api", default=None, choices=("linen", "nnx"),
+                   help="Flax API of the models (seed-mlp only; default linen)")
   report = commands.add_parser("report", help="write experiments/REPORT.md from the runs")
   report.add_argument("--runs", default="runs", help="directory of the runs (default: runs)")
   report.add_argument("--output", default=None,
@@ -59,7 +61,7 @@ def _check_run_arguments(args) -> str | None:
   if args.split_seed < 0:
     return f"--split-seed must be >= 0 (a NumPy seed); got {args.split_seed}"
   names = list(EXPERIMENTS) if args.name == "all" else [args.name]
-  for option in ("epochs", "data", "data_path"):
+  for option in ("epochs", "data", "data_path", "api"):
     if getattr(args, option) is not None and any(
         not getattr(EXPERIMENTS[n], "ACCEPTS_DATA_OPTIONS", False) for n in names):
       fixed = [n for n in names if not getattr(EXPERIMENTS[n], "ACCEPTS_DATA_OPTIONS", False)]
@@ -74,7 +76,7 @@ def _run_one(name: str, args, root: str) -> dict:
   staging = staging_dir(root, name)
   ctx = RunContext(out_dir=staging, quick=args.quick, seeds=seeds, data=args.data,
                    data_path=args.data_path, split_seed=args.split_seed,
-                   epochs=args.epochs, progress=_progress_bar())
+                   epochs=args.epochs, progress=_progress_bar(), api=args.api or "linen")
   try:
     start = time.perf_counter()
     outcome = module.run(ctx)

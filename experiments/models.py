@@ -9,8 +9,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 import jaxnorm
+import jaxnorm.nnx as jnnx
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": nn.relu, "sigmoid": nn.sigmoid, "tanh": jnp.tanh, "linear": lambda x: x}
@@ -63,6 +65,32 @@ class SeedMLP(nn.Module):
       if self.dropout_rate:
         x = jaxnorm.Dropout(self.dropout_rate, deterministic=not train)(x)
     return nn.Dense(self.num_classes)(x)
+
+
+class SeedMLPNNX(nnx.Module):
+  """:class:`SeedMLP` written with flax.nnx and ``jaxnorm.nnx`` layers (same parameters)."""
+
+  def __init__(self, input_dim: int, *, use_batch_norm: bool = True,
+               dropout_rate: float = 0.3, hidden: Sequence[int] = (128, 64),
+               num_classes: int = 10, rngs: nnx.Rngs):
+    widths = (input_dim, *hidden)
+    self.linears = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(widths, hidden)])
+    self.norms = nnx.List([jnnx.BatchNorm(w, rngs=rngs) for w in hidden]
+                          if use_batch_norm else [])
+    self.drops = nnx.List([jnnx.Dropout(dropout_rate, rngs=rngs) for _ in hidden]
+                          if dropout_rate else [])
+    self.head = nnx.Linear(widths[-1], num_classes, rngs=rngs)
+
+  def __call__(self, x):
+    x = x.reshape((x.shape[0], -1))
+    for i, linear in enumerate(self.linears):
+      x = linear(x)
+      if self.norms:
+        x = self.norms[i](x)
+      x = nnx.relu(x)
+      if self.drops:
+        x = self.drops[i](x)
+    return self.head(x)
 
 
 class MLP(nn.Module):
@@ -120,9 +148,12 @@ class MNIST1DCNN(nn.Module):
   Attributes:
     channels: convolution channels.
     num_classes: outputs of the classifier.
-    norm: a kind accepted by :func:`norm_layer`, applied between conv and ReLU.
-    dropout_rate: drop probability after each ReLU.
+    norm: a kind accepted by :func:`norm_layer`, applied between conv and activation
+      (``placement="before"``) or after the activation (``"after"``).
+    dropout_rate: drop probability after each activation (and normalization).
     norm_options: constructor options of the normalization layers.
+    activation: a key of :data:`ACTIVATIONS` (the benchmark's is ReLU).
+    placement: the normalization ``"before"`` or ``"after"`` the activation.
   """
 
   channels: int = 25
@@ -130,14 +161,21 @@ class MNIST1DCNN(nn.Module):
   norm: str = "none"
   dropout_rate: float = 0.0
   norm_options: tuple[tuple[str, Any], ...] = ()
+  activation: str = "relu"
+  placement: str = "before"
 
   @nn.compact
   def __call__(self, x, train: bool):
+    if self.placement not in ("before", "after"):
+      raise ValueError(f"MNIST1DCNN: placement must be 'before' or 'after'; got "
+                       f"{self.placement!r}.")
+    act = ACTIVATIONS[self.activation]
     if x.ndim == 2:
       x = x[..., None]
     for kernel in (5, 3, 3):
       x = nn.Conv(self.channels, (kernel,), strides=(2,), padding=((1, 1),))(x)
-      x = nn.relu(norm_layer(self.norm, train, **dict(self.norm_options))(x))
+      norm = norm_layer(self.norm, train, **dict(self.norm_options))
+      x = act(norm(x)) if self.placement == "before" else norm(act(x))
       if self.dropout_rate:
         x = jaxnorm.Dropout(self.dropout_rate, deterministic=not train)(x)
     return nn.Dense(self.num_classes)(x.reshape((x.shape[0], -1)))

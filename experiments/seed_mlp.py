@@ -10,16 +10,17 @@ seeds, side by side. The seeds of one variant train together in one compiled pro
 
 from __future__ import annotations
 
+import functools
 import os
 
 import jax
 import numpy as np
 import optax
 
-from . import runner
+from . import nnx_runner, runner
 from .data import load_dataset
 from .measures.stats import summarize
-from .models import SeedMLP, parameter_count, parameter_rows
+from .models import SeedMLP, SeedMLPNNX, parameter_count, parameter_rows
 from .population import Recipe, train_population
 
 NAME = "seed-mlp"
@@ -65,11 +66,19 @@ def run(ctx) -> dict:
   steps_per_epoch = len(data.x_train) // batch_size
   populations, runs = {}, []
   for variant, options in VARIANTS.items():
-    model = SeedMLP(num_classes=data.num_classes, **options)
-    pop = train_population(Recipe(model, optax.sgd(learning_rate), batch_size), data,
-                           seeds=seeds, steps=epochs * steps_per_epoch,
-                           eval_every=steps_per_epoch, progress=ctx.progress,
-                           desc=f"{variant} ({len(seeds)} seeds)")
+    if ctx.api == "nnx":  # the same network with flax.nnx and jaxnorm.nnx layers
+      make_model = functools.partial(SeedMLPNNX, data.input_dim,
+                                     num_classes=data.num_classes, **options)
+      pop = nnx_runner.train_population(make_model, optax.sgd(learning_rate), batch_size,
+                                        data, seeds=seeds, epochs=epochs,
+                                        progress=ctx.progress,
+                                        desc=f"{variant} ({len(seeds)} seeds, nnx)")
+    else:
+      model = SeedMLP(num_classes=data.num_classes, **options)
+      pop = train_population(Recipe(model, optax.sgd(learning_rate), batch_size), data,
+                             seeds=seeds, steps=epochs * steps_per_epoch,
+                             eval_every=steps_per_epoch, progress=ctx.progress,
+                             desc=f"{variant} ({len(seeds)} seeds)")
     populations[variant] = pop
     for i, seed in enumerate(seeds):
       curves = {name: [float(v) for v in values[0, i, 1:]]
@@ -94,7 +103,8 @@ def run(ctx) -> dict:
   table = runner.markdown_table(
       ["variant", "parameters", "test accuracy", "test loss", "final train loss",
        "train s / run", "compile s"], rows)
-  setting = (f"{NAME} on {data.name}: {epochs} epochs, SGD lr {learning_rate}, batch "
+  on = f"{data.name} (flax.nnx)" if ctx.api == "nnx" else data.name
+  setting = (f"{NAME} on {on}: {epochs} epochs, SGD lr {learning_rate}, batch "
              f"{batch_size}, {len(seeds)} seed{'s' * (len(seeds) > 1)}")
   spread = " (mean ± sample std)" if len(seeds) > 1 else ""
   title = f"{setting}{spread}"
@@ -105,7 +115,8 @@ def run(ctx) -> dict:
            runner.plot_curves(os.path.join(ctx.out_dir, "accuracy_curves.png"), runs,
                               ["train_accuracy", "test_accuracy"], plot_title)]
   payload = {
-      "experiment": NAME, "data": data.describe(), "epochs": epochs, "seeds": len(seeds),
+      "experiment": NAME, "api": ctx.api, "data": data.describe(), "epochs": epochs,
+      "seeds": len(seeds),
       "batch_size": batch_size, "learning_rate": learning_rate, "quick": ctx.quick,
       "parameters_784": at_784,
       "compile_seconds": sum(p.compile_seconds for p in populations.values()),

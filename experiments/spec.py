@@ -142,6 +142,8 @@ class RunContext:
     epochs: a training length chosen on the command line, for the experiments that
       accept one (``ACCEPTS_DATA_OPTIONS``); None keeps the experiment's own.
     progress: a tqdm-like factory (``progress(iterable, **kwargs)``), or None.
+    api: the Flax API of the models, ``"linen"`` or ``"nnx"`` (experiments that accept
+      data options).
   """
 
   out_dir: str
@@ -152,6 +154,7 @@ class RunContext:
   split_seed: int = 0
   epochs: int | None = None
   progress: Callable[..., Any] | None = None
+  api: str = "linen"
 
   def bar(self, iterable, **kwargs):
     """``iterable`` wrapped in a progress bar when one is available."""

@@ -13,6 +13,17 @@ MODULES = [
     "jaxnorm.linen.revin",
     "jaxnorm.linen.structured_dropout",
     "jaxnorm.training.uncertainty",
+    "jaxnorm._frontend",
+    "jaxnorm.nnx.normalization",
+    "jaxnorm.nnx.variants",
+    "jaxnorm.nnx.stochastic",
+    "jaxnorm.nnx.convert",
+    "jaxnorm.training.nnx_steps",
+    "jaxnorm.training.nnx_checkpoint",
+    "jaxnorm.training.nnx_tools",
+    "jaxnorm.testing",
+    "jaxnorm.testing.assertions",
+    "jaxnorm.testing.strategies",
 ]
 
 

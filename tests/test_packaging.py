@@ -32,7 +32,9 @@ def _package_dirs() -> dict[str, pathlib.Path]:
   mapping = PYPROJECT["tool"]["setuptools"]["package-dir"]
   packages = {".".join(init.parent.relative_to(ROOT).parts): init.parent
               for init in (ROOT / "jaxnorm").rglob("__init__.py")}
-  packages.update({name: ROOT / path for name, path in mapping.items()})
+  for name, path in mapping.items():
+    packages.update({".".join((name, *init.parent.relative_to(ROOT / path).parts)): init.parent
+                     for init in (ROOT / path).rglob("__init__.py")})
   return packages
 
 

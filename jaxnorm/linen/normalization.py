@@ -14,9 +14,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
-from flax.linen import dtypes, initializers
+from flax.linen import initializers
 
-from jaxnorm import _checks
+from jaxnorm import _checks, _frontend
 from jaxnorm import functional as F
 
 Axes = int | tuple[int, ...]
@@ -24,7 +24,7 @@ Axes = int | tuple[int, ...]
 
 def _feature_params(module: nn.Module, x, feature_axes: tuple[int, ...]):
   """Creates ``scale``/``bias`` with the sizes of ``x`` on ``feature_axes`` (as Flax)."""
-  shape = tuple(x.shape[a] for a in feature_axes)
+  shape = _frontend.feature_shape(x.shape, feature_axes)
   scale = (module.param("scale", module.scale_init, shape, module.param_dtype)
            if module.use_scale else None)
   bias = (module.param("bias", module.bias_init, shape, module.param_dtype)
@@ -34,26 +34,19 @@ def _feature_params(module: nn.Module, x, feature_axes: tuple[int, ...]):
 
 def _output_dtype(module: nn.Module, x, scale, bias):
   """Flax's rule: ``dtype`` if given, else inferred from the input and the parameters."""
-  return dtypes.canonicalize_dtype(x, scale, bias, dtype=module.dtype)
+  return _frontend.output_dtype(x, scale, bias, dtype=module.dtype)
 
 
-def _input_for(x, out_dtype):
-  """``x`` widened to the output dtype when that is wider, so no precision is lost."""
-  return x.astype(jnp.promote_types(x.dtype, out_dtype))
+_input_for = _frontend.widen
+_broadcast_params = _frontend.broadcast_params
 
 
 def running_stats(module: nn.Module, feature_shape) -> tuple[nn.Variable, nn.Variable]:
   """The ``batch_stats/mean`` (zeros) and ``batch_stats/var`` (ones) variables, float32."""
-  return (module.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32),
-                          feature_shape),
-          module.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32),
-                          feature_shape))
-
-
-def _broadcast_params(x, feature_axes, *params):
-  """Reshapes feature-shaped parameters to broadcast against ``x``."""
-  shape = tuple(x.shape[a] if a in feature_axes else 1 for a in range(x.ndim))
-  return tuple(None if p is None else p.reshape(shape) for p in params)
+  return (module.variable("batch_stats", "mean",
+                          lambda: _frontend.running_stats_init(feature_shape)[0]),
+          module.variable("batch_stats", "var",
+                          lambda: _frontend.running_stats_init(feature_shape)[1]))
 
 
 class BatchNorm(nn.Module):
@@ -154,14 +147,15 @@ class BatchNorm(nn.Module):
         "use_running_average", self.use_running_average, use_running_average)
     feature_axes = _checks.canonical_axes(
         self.axis, x.shape, name="axis", fn="jaxnorm.linen.BatchNorm")
-    feature_shape = tuple(x.shape[a] for a in feature_axes)
+    feature_shape = _frontend.feature_shape(x.shape, feature_axes)
     ra_mean, ra_var = running_stats(self, feature_shape)
     scale, bias = _feature_params(self, x, feature_axes)
     out_dtype = _output_dtype(self, x, scale, bias)
 
     initializing = self.is_initializing()
-    batch_statistics = (not use_running_average or self.eval_with_batch_stats) and not (
-        self.freeze_stats)
+    batch_statistics, update = _frontend.batch_norm_mode(
+        use_running_average, freeze_stats=self.freeze_stats,
+        eval_with_batch_stats=self.eval_with_batch_stats)
     if initializing and batch_statistics and mask is None and x.size <= math.prod(
         feature_shape):
       batch_statistics = False  # init only needs shapes and never updates statistics
@@ -170,7 +164,7 @@ class BatchNorm(nn.Module):
         train=batch_statistics, momentum=self.momentum, epsilon=self.epsilon,
         axis=feature_axes, axis_name=None if initializing else self.axis_name,
         axis_index_groups=self.axis_index_groups, mask=mask)
-    if batch_statistics and not use_running_average and not initializing:
+    if update and batch_statistics and not initializing:
       ra_mean.value, ra_var.value = new_stats
     return y.astype(out_dtype)
 
@@ -310,7 +304,7 @@ class RMSNorm(nn.Module):
     """Divides each example by its root mean square over ``reduction_axes``."""
     feature_axes = _checks.canonical_axes(self.feature_axes, x.shape, name="feature_axes",
                                           fn="jaxnorm.linen.RMSNorm")
-    shape = tuple(x.shape[a] for a in feature_axes)
+    shape = _frontend.feature_shape(x.shape, feature_axes)
     scale = (self.param("scale", self.scale_init, shape, self.param_dtype)
              if self.use_scale else None)
     out_dtype = _output_dtype(self, x, scale, None)

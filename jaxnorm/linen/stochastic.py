@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from jaxnorm import _checks
+from jaxnorm import _frontend
 from jaxnorm import functional as F
 
 
@@ -43,12 +42,10 @@ class Dropout(nn.Module):
     """
     deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
     rate = self.rate if rate is None else rate
-    _checks.check_in_unit_interval(
-        rate, name="rate", fn="jaxnorm.linen.Dropout",
-        hint=" rate is the probability of dropping an element, not of keeping it.")
-    if deterministic or _checks.concrete_float(rate) == 0.0:
+    _frontend.check_dropout_rate(rate, fn="jaxnorm.linen.Dropout")
+    if _frontend.dropout_is_identity(rate, deterministic):
       return inputs
-    if _checks.concrete_float(rate) == 1.0:
+    if _frontend.dropout_drops_all(rate):
       return jnp.zeros_like(inputs)  # as Flax: no key is drawn
     if rng is None:
       rng = self.make_rng(self.rng_collection)
@@ -65,7 +62,7 @@ class _KeyedNoise(nn.Module):
   def _key(self, deterministic):
     """The key for this call, or None when no noise is applied."""
     deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
-    if deterministic or _checks.concrete_float(self.rate) == 0.0:
+    if _frontend.dropout_is_identity(self.rate, deterministic):
       return None
     return self.make_rng(self.rng_collection)
 
@@ -185,10 +182,8 @@ class ConcreteDropoutDense(nn.Module):
   @nn.compact
   def __call__(self, inputs, deterministic: bool | None = None):
     deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
-    if not 0.0 < self.init_rate < 1.0:
-      raise ValueError(f"jaxnorm.linen.ConcreteDropoutDense: init_rate must be in the open "
-                       f"interval (0, 1) (its logit is learned); got {self.init_rate!r}.")
-    init_logit = math.log(self.init_rate) - math.log1p(-self.init_rate)
+    init_logit = _frontend.concrete_dropout_init_logit(
+        self.init_rate, fn="jaxnorm.linen.ConcreteDropoutDense")
     logit = self.param("dropout_logit", nn.initializers.constant(init_logit), ())
     dense = nn.Dense(self.features, name="dense")
     x = inputs if deterministic else F.concrete_dropout(

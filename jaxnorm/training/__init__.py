@@ -1,5 +1,5 @@
 """Training toolkit: state with batch_stats, jitted/scanned steps, optax recipes,
-checkpoints, precise-BN, BN folding and PyTorch interop."""
+checkpoints, precise-BN, BN folding and PyTorch interop, for linen and NNX models."""
 
 from jaxnorm.training.checkpoint import (
     CheckpointError, latest_epoch, restore_checkpoint, save_checkpoint)
@@ -8,6 +8,12 @@ from jaxnorm.training.interop import (
     batch_norm_from_torch, batch_norm_to_torch, momentum_from_torch, momentum_to_torch)
 from jaxnorm.training.loop import (
     epoch_batch_indices, evaluate, iterate_epoch, make_scan_epoch, run_epoch_per_step)
+from jaxnorm.training.nnx_checkpoint import restore_nnx_checkpoint, save_nnx_checkpoint
+from jaxnorm.training.nnx_steps import (
+    NNXTrainState, make_nnx_eval_step, make_nnx_scan_epoch, make_nnx_train_step)
+from jaxnorm.training.nnx_tools import (
+    nnx_find_foldable_pairs, nnx_fold_batch_norm, nnx_mc_dropout_predict,
+    nnx_precise_batch_stats)
 from jaxnorm.training.optim import decay_mask, make_optimizer
 from jaxnorm.training.precise_bn import precise_batch_stats
 from jaxnorm.training.state import TrainState
@@ -24,4 +30,8 @@ __all__ = [
     "make_train_step", "momentum_from_torch", "momentum_to_torch",
     "precise_batch_stats", "restore_checkpoint", "run_epoch_per_step", "save_checkpoint",
     "mc_tta_predict",
+    # NNX
+    "NNXTrainState", "make_nnx_eval_step", "make_nnx_scan_epoch", "make_nnx_train_step",
+    "nnx_find_foldable_pairs", "nnx_fold_batch_norm", "nnx_mc_dropout_predict",
+    "nnx_precise_batch_stats", "restore_nnx_checkpoint", "save_nnx_checkpoint",
 ]

@@ -24,20 +24,22 @@ BATCH_NORM_TYPES = (BatchNorm, nn.BatchNorm)
 _COLLECTION = "precise_bn"
 
 
+def batch_norm_input_moments(x, axis, mask, *, fn: str):
+  """(count, mean, M2) of a BN layer's input ``x`` per feature of ``axis``, feature-shaped."""
+  feature_axes = _checks.canonical_axes(axis, x.shape, name="axis", fn=fn)
+  reduce_axes = tuple(a for a in range(x.ndim) if a not in feature_axes)
+  stats = masked_moments(x, reduce_axes, _checks.check_mask(mask, x.shape, fn=fn))
+  feature_shape = tuple(x.shape[a] for a in feature_axes)
+  return tuple(t.reshape(feature_shape)
+               for t in (stats.count, stats.mean, stats.var * stats.count))
+
+
 def _record_batch_norm_inputs(next_fun, args, kwargs, context):
   """Interceptor: sow (count, mean, M2) of every BN layer's input over its reduced axes."""
   module = context.module
   if context.method_name == "__call__" and isinstance(module, BATCH_NORM_TYPES):
-    x = args[0]
-    feature_axes = _checks.canonical_axes(module.axis, x.shape, name="axis",
-                                          fn="jaxnorm.training.precise_batch_stats")
-    reduce_axes = tuple(a for a in range(x.ndim) if a not in feature_axes)
-    mask = _checks.check_mask(kwargs.get("mask"), x.shape,
-                              fn="jaxnorm.training.precise_batch_stats")
-    stats = masked_moments(x, reduce_axes, mask)
-    feature_shape = tuple(x.shape[a] for a in feature_axes)
-    module.sow(_COLLECTION, "moments", tuple(
-        t.reshape(feature_shape) for t in (stats.count, stats.mean, stats.var * stats.count)))
+    module.sow(_COLLECTION, "moments", batch_norm_input_moments(
+        args[0], module.axis, kwargs.get("mask"), fn="jaxnorm.training.precise_batch_stats"))
   return next_fun(*args, **kwargs)
 
 
