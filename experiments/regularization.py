@@ -277,7 +277,7 @@ def subset(data: Dataset, size: int = TRAIN_SUBSET) -> Dataset:
   Example:
     >>> d = subset(load_dataset("digits"), 100)
     >>> len(d.x_train), len(d.x_test)
-    (100, 360)
+    (100, 359)
   """
   return dataclasses.replace(data, x_train=data.x_train[:size], y_train=data.y_train[:size])
 

@@ -168,9 +168,9 @@ def settings(rates: Sequence[float]) -> tuple[list[tuple[str, float]], dict[str,
   """The no-dropout baseline, then every placement x rate, as grid columns.
 
   Example:
-    >>> names, grid = settings([0.1, 0.5])
+    >>> names, grid = settings([0.25, 0.5])
     >>> names[:3], grid["before_bn"].tolist()[:3]
-    ([('none', 0.0), ('before BN', 0.1), ('before BN', 0.5)], [0.0, 0.1, 0.5])
+    ([('none', 0.0), ('before BN', 0.25), ('before BN', 0.5)], [0.0, 0.25, 0.5])
   """
   names = [("none", 0.0)] + [(p, float(r)) for p in PLACEMENTS for r in rates]
   grid = {site: np.asarray([rate if site in SITES.get(p, ()) else 0.0
@@ -196,7 +196,7 @@ def synthetic_ratios(seeds: Sequence[int], rates: Sequence[float],
 
   Example:
     >>> r = synthetic_ratios([0], [0.5], samples=50_000)
-    >>> abs(r["N(1, 1)"][0, 0] - 1 / 3) < 0.02
+    >>> bool(abs(r["N(1, 1)"][0, 0] - 1 / 3) < 0.02)
     True
   """
   measure = jax.jit(lambda key, rate, name: measured_shift_ratio(
