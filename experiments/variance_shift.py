@@ -124,8 +124,8 @@ SPEC = Spec(
             "layers) and on how much dropout the task tolerates. Accuracies are at a fixed "
             "30-epoch budget with no tuning per placement. The trained-net prediction "
             "ignores the EMA's lag behind the weights and, in the second layer, the shift "
-            "inherited from the first; the median over features hides per-feature spread "
-            "(shown in results.json)."),
+            "inherited from the first; the median over features hides the per-feature "
+            "spread."),
 )
 
 
