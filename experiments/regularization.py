@@ -129,11 +129,11 @@ def _verdict_of(check: Check) -> str:
 def _gap_verdict(claim, before, after, what, anchor) -> Verdict:
   difference = paired_difference(before, after)
   check = effect_check(f"gap {what[0]} - gap {what[1]}", difference, minimum=MIN_GAP_EFFECT)
-  reason = (f"Train-test gap {what[0]}: {np.mean(before):.1%}; {what[1]}: "
-            f"{np.mean(after):.1%}; shrinks by {difference.mean * 100:+.2f} points (95% CI "
+  reason = (f"Train-test gap {what[0]}: {np.mean(before) * 100:.1f} points; {what[1]}: "
+            f"{np.mean(after) * 100:.1f} points; shrinks by {difference.mean * 100:+.2f} points (95% CI "
             f"{difference.ci_low * 100:+.2f} to {difference.ci_high * 100:+.2f}; needs >= "
             f"{MIN_GAP_EFFECT * 100:g}).")
-  ours = f"gap {np.mean(before):.1%} -> {np.mean(after):.1%}"
+  ours = f"gap {np.mean(before) * 100:.1f} -> {np.mean(after) * 100:.1f} points"
   return Verdict(claim, _verdict_of(check), reason, ours, anchor=anchor, checks=(check,))
 
 
@@ -323,7 +323,7 @@ def _heatmaps(path, rates, l2s, test, gap, title):
 
 
 def _rate_figure(path, rates, train, test, title):
-  with plots.figure(path, title, size=(6.0, 4.2)) as (ax,):
+  with plots.figure(path, title, size=(7.5, 4.8)) as (ax,):
     for norm in NORMS:
       plots.band(ax, rates, test[norm][:, 0].T * 100, label=f"{NORM_LABELS[norm]}: test",
                  marker="o")
@@ -375,7 +375,8 @@ def run(ctx: RunContext) -> Outcome:
             f"Seed MLP on a small training set: dropout x L2, without and with BN\n"
             f"({setting}; mean over seeds)")
   _rate_figure(os.path.join(ctx.out_dir, figures[1]), rates, train, test,
-               f"Accuracy against drop rate (no L2)\n({setting}; bands: ±1 std)")
+               f"Seed MLP, accuracy against drop rate (no L2)\n({setting};\n"
+               "bands: ±1 std over seeds)")
 
   def by_grid(values):
     return {f"rate {r:g}": {f"L2 {w:g}": values[i, j] for j, w in enumerate(l2s)}
