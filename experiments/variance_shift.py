@@ -430,9 +430,10 @@ def _trained_figure(path, rates, shift, accuracy, baseline, title):
       plots.label(ax, x="drop rate", y="eval variance / running variance",
                   title=f"{layer_names[layer]}: median over features")
     ax = axes[-1]
-    for name in PLACEMENTS:
+    for p, name in enumerate(PLACEMENTS):   # the colours of the variance panels
       runs = np.concatenate([np.asarray(baseline)[None], accuracy[name]], axis=0)
-      plots.band(ax, (0.0,) + tuple(rates), runs.T * 100, label=name, marker="o")
+      plots.band(ax, (0.0,) + tuple(rates), runs.T * 100, label=name, marker="o",
+                 color=f"C{p + 1}")
     plots.label(ax, x="drop rate (0 = no dropout)", y="test accuracy (%)",
                 title="test accuracy by dropout placement")
 
