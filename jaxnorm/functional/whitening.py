@@ -41,6 +41,15 @@ class WhiteningStats(NamedTuple):
     mean: running mean, one value per feature, shape ``(C,)``.
     whitening: running whitening matrix of each group, shape ``(G, g, g)`` with
       ``G * g = C``; evaluation computes ``y = whitening @ (x - mean)`` per group.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxnorm import functional as F
+    >>> x = jax.random.normal(jax.random.key(0), (16, 4))
+    >>> stats = F.init_whitening_stats(4, group_size=2)
+    >>> _, stats = F.decorrelated_batch_norm(x, None, None, stats, train=True, group_size=2)
+    >>> stats.mean.shape, stats.whitening.shape      # (C,) and (G, g, g)
+    ((4,), (2, 2, 2))
   """
 
   mean: jax.Array
