@@ -441,11 +441,11 @@ def iter_norm(
   (same iterates in exact arithmetic; the form printed in the paper amplifies rounding
   and overflows in float32 after a few dozen steps). Everything else (groups, running
   statistics, masks, ``axis_name``, evaluation) is as in
-  :func:`decorrelated_batch_norm`.
+  :func:`decorrelated_batch_norm`, whose arguments (``x``, ``scale``, ``bias``, ``stats``,
+  ``train``, ``num_groups``, ``group_size``, ``momentum``, ``epsilon``, ``axis_name``,
+  ``axis_index_groups``, ``mask``) it shares.
 
   Args:
-    x, scale, bias, stats, train, num_groups, group_size, momentum, epsilon,
-      axis_name, axis_index_groups, mask: as in :func:`decorrelated_batch_norm`.
     iterations: ``T``, a Python int >= 1 (it sets the computation's size).
 
   Returns:
