@@ -46,10 +46,12 @@ class WhiteningStats(NamedTuple):
     >>> import jax, jax.numpy as jnp
     >>> from jaxnorm import functional as F
     >>> x = jax.random.normal(jax.random.key(0), (16, 4))
-    >>> stats = F.init_whitening_stats(4, group_size=2)
-    >>> _, stats = F.decorrelated_batch_norm(x, None, None, stats, train=True, group_size=2)
-    >>> stats.mean.shape, stats.whitening.shape      # (C,) and (G, g, g)
+    >>> stats = F.init_whitening_stats(4, group_size=2)   # zero mean, identity matrices
+    >>> stats.mean.shape, stats.whitening.shape           # (C,) and (G, g, g)
     ((4,), (2, 2, 2))
+    >>> y, _ = F.decorrelated_batch_norm(x, None, None, stats, train=False, group_size=2)
+    >>> bool(jnp.allclose(y, x))                          # whitening @ (x - mean) = x
+    True
   """
 
   mean: jax.Array
