@@ -53,7 +53,24 @@ _SLACK = 1 << 20  # metadata written beside the arrays, bytes
 
 class CheckpointError(ValueError):
   """A checkpoint cannot be written, or exists but cannot be restored (damaged,
-  incomplete or of another model)."""
+  incomplete or of another model).
+
+  A ``ValueError``, so code that catches ``ValueError`` catches it too.
+
+  Example:
+    >>> import tempfile, jax, jax.numpy as jnp, optax
+    >>> from jaxnorm import training
+    >>> def make(n):
+    ...   return training.TrainState.create(apply_fn=None, params={"w": jnp.ones(n)},
+    ...                                     tx=optax.sgd(0.1), rng=jax.random.key(0))
+    >>> directory = tempfile.mkdtemp()
+    >>> training.save_checkpoint(directory, make(3), epoch=1)
+    >>> try:
+    ...   training.restore_checkpoint(directory, like=make(4))   # another model's shapes
+    ... except training.CheckpointError:
+    ...   print("not restored")
+    not restored
+  """
 
 
 def _short(error: BaseException) -> str:
@@ -254,7 +271,20 @@ def save_checkpoint(directory: str, state: TrainState, epoch: int,
 
 
 def latest_epoch(directory: str) -> int | None:
-  """The epoch of the newest checkpoint in ``directory``, or None."""
+  """The epoch of the newest checkpoint in ``directory``, or None.
+
+  Example:
+    >>> import tempfile, jax, optax
+    >>> from jaxnorm import training
+    >>> state = training.TrainState.create(apply_fn=None, params={"w": jax.numpy.ones(3)},
+    ...                                    tx=optax.sgd(0.1), rng=jax.random.key(0))
+    >>> directory = tempfile.mkdtemp()
+    >>> print(training.latest_epoch(directory))        # nothing saved yet: start afresh
+    None
+    >>> training.save_checkpoint(directory, state, epoch=4)
+    >>> training.latest_epoch(directory)               # resume after epoch 4
+    4
+  """
   epochs = _epoch_dirs(os.fspath(directory))
   return max(epochs) if epochs else None
 

@@ -47,7 +47,15 @@ def _check_inputs(step, state, x, y, batch_size: int, *, fn: str) -> None:
 
 
 def epoch_batch_indices(key: jax.Array, num_examples: int, batch_size: int) -> jax.Array:
-  """``(steps, batch_size)`` indices of one shuffled epoch; the last partial batch is dropped."""
+  """``(steps, batch_size)`` indices of one shuffled epoch; the last partial batch is dropped.
+
+  Example:
+    >>> import jax
+    >>> from jaxnorm import training
+    >>> idx = training.epoch_batch_indices(jax.random.key(0), 10, 4)
+    >>> idx.shape, len(set(idx.ravel().tolist()))   # 2 batches, no example twice
+    ((2, 4), 8)
+  """
   _check_batch_size(batch_size, fn="jaxnorm.training", positive=False)
   if batch_size < 1 or batch_size > num_examples:
     raise ValueError(
@@ -132,7 +140,16 @@ def make_scan_epoch(
 
 
 def iterate_epoch(x, y, key: jax.Array, batch_size: int) -> Iterator[Batch]:
-  """The batches of one shuffled epoch, in the order :func:`make_scan_epoch` uses."""
+  """The batches of one shuffled epoch, in the order :func:`make_scan_epoch` uses.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxnorm import training
+    >>> x, y = jnp.arange(20.0).reshape(10, 2), jnp.arange(10)
+    >>> batches = list(training.iterate_epoch(x, y, jax.random.key(0), batch_size=4))
+    >>> len(batches), batches[0][0].shape, batches[0][1].shape   # partial batch dropped
+    (2, (4, 2), (4,))
+  """
   _validate.check_same_length(x, y, fn="jaxnorm.training.iterate_epoch")
   indices = np.asarray(epoch_batch_indices(key, len(x), batch_size))
   for batch_indices in indices:
@@ -153,6 +170,23 @@ def run_epoch_per_step(
 
   Returns the final state and the per-step metrics stacked like the scan path's. The
   checks of :func:`make_scan_epoch` run once, before the first step.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax, flax.linen as nn, jaxnorm
+    >>> from jaxnorm import training
+    >>> class Net(nn.Module):
+    ...   @nn.compact
+    ...   def __call__(self, x, train):
+    ...     return nn.Dense(3)(jaxnorm.BatchNorm(use_running_average=not train)(x))
+    >>> x, y = jnp.arange(12.0).reshape(4, 3), jnp.array([0, 1, 2, 0])
+    >>> variables = Net().init(jax.random.key(0), x, train=False)
+    >>> state = training.TrainState.create(apply_fn=Net().apply, params=variables["params"],
+    ...     batch_stats=variables["batch_stats"], tx=optax.sgd(0.1), rng=jax.random.key(1))
+    >>> step = jax.jit(training.make_train_step())
+    >>> state, metrics = training.run_epoch_per_step(step, state, x, y, jax.random.key(2),
+    ...                                              batch_size=2)
+    >>> int(state.step), metrics["loss"].shape         # 2 steps of 2 examples
+    (2, (2,))
   """
   fn = "jaxnorm.training.run_epoch_per_step"
   batch_size = _check_batch_size(batch_size, fn=fn)
@@ -171,6 +205,23 @@ def evaluate(jitted_eval_step, state: TrainState, x, y, batch_size: int = 1024) 
 
   The state, the lengths of ``x`` and ``y`` and the labels are checked first, as in
   :func:`make_scan_epoch`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax, flax.linen as nn, jaxnorm
+    >>> from jaxnorm import training
+    >>> class Net(nn.Module):
+    ...   @nn.compact
+    ...   def __call__(self, x, train):
+    ...     return nn.Dense(3)(jaxnorm.BatchNorm(use_running_average=not train)(x))
+    >>> x, y = jnp.arange(12.0).reshape(4, 3), jnp.array([0, 1, 2, 0])
+    >>> variables = Net().init(jax.random.key(0), x, train=False)
+    >>> state = training.TrainState.create(apply_fn=Net().apply, params=variables["params"],
+    ...     batch_stats=variables["batch_stats"], tx=optax.sgd(0.1), rng=jax.random.key(1))
+    >>> eval_step = jax.jit(training.make_eval_step())
+    >>> whole = training.evaluate(eval_step, state, x, y, batch_size=4)
+    >>> uneven = training.evaluate(eval_step, state, x, y, batch_size=3)  # batches 3 + 1
+    >>> sorted(whole), abs(whole["loss"] - uneven["loss"]) < 1e-6
+    (['accuracy', 'loss'], True)
   """
   fn = "jaxnorm.training.evaluate"
   batch_size = _check_batch_size(batch_size, fn=fn)

@@ -125,6 +125,20 @@ def precise_batch_stats(
 
   Returns:
     A new ``batch_stats`` tree with the same structure, float32.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, flax.linen as nn, jaxnorm
+    >>> from jaxnorm import training
+    >>> class Net(nn.Module):
+    ...   @nn.compact
+    ...   def __call__(self, x, train):
+    ...     return jaxnorm.BatchNorm(use_running_average=not train)(x)
+    >>> x = 3.0 + jax.random.normal(jax.random.key(1), (8, 2))
+    >>> variables = Net().init(jax.random.key(0), x, train=False)
+    >>> stats = training.precise_batch_stats(Net().apply, variables, [x[:4], x[4:]])
+    >>> bool(jnp.allclose(stats["BatchNorm_0"]["mean"], x.mean(0), atol=1e-5)
+    ...      & jnp.allclose(stats["BatchNorm_0"]["var"], x.var(0), atol=1e-5))
+    True
   """
   fn = "jaxnorm.training.precise_batch_stats"
   _validate.check_live(variables, name="variables", fn=fn)

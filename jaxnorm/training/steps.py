@@ -137,6 +137,23 @@ def make_train_step(
     rng_collections: rng streams to provide (``'dropout'`` as in flax.linen).
     train_kwargs: keyword arguments selecting training mode (default
       ``{'train': True}``).
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax, flax.linen as nn, jaxnorm
+    >>> from jaxnorm import training
+    >>> class Net(nn.Module):
+    ...   @nn.compact
+    ...   def __call__(self, x, train):
+    ...     return nn.Dense(3)(jaxnorm.BatchNorm(use_running_average=not train)(x))
+    >>> x, y = jnp.arange(12.0).reshape(4, 3), jnp.array([0, 1, 2, 0])
+    >>> variables = Net().init(jax.random.key(0), x, train=False)
+    >>> state = training.TrainState.create(apply_fn=Net().apply, params=variables["params"],
+    ...     batch_stats=variables["batch_stats"], tx=optax.sgd(0.1), rng=jax.random.key(1))
+    >>> state, metrics = jax.jit(training.make_train_step())(state, (x, y))
+    >>> int(state.step), bool(metrics["finite"]), sorted(metrics)
+    (1, True, ['accuracy', 'finite', 'loss'])
+    >>> bool((state.batch_stats["BatchNorm_0"]["mean"] > 0).all())  # running stats moved
+    True
   """
   train_kwargs = {"train": True} if train_kwargs is None else dict(train_kwargs)
 
@@ -179,6 +196,21 @@ def make_eval_step(
   the batch size, so batch metrics can be averaged exactly over uneven batches. Like
   :func:`make_train_step`'s, the function has a ``check_batch`` attribute that
   :func:`~jaxnorm.training.evaluate` calls before jit.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax, flax.linen as nn, jaxnorm
+    >>> from jaxnorm import training
+    >>> class Net(nn.Module):
+    ...   @nn.compact
+    ...   def __call__(self, x, train):
+    ...     return nn.Dense(3)(jaxnorm.BatchNorm(use_running_average=not train)(x))
+    >>> x, y = jnp.arange(12.0).reshape(4, 3), jnp.array([0, 1, 2, 0])
+    >>> variables = Net().init(jax.random.key(0), x, train=False)
+    >>> state = training.TrainState.create(apply_fn=Net().apply, params=variables["params"],
+    ...     batch_stats=variables["batch_stats"], tx=optax.sgd(0.1), rng=jax.random.key(1))
+    >>> metrics = jax.jit(training.make_eval_step())(state, (x, y))
+    >>> sorted(metrics), float(metrics["count"])       # count: for exact averaging
+    (['accuracy', 'count', 'loss'], 4.0)
   """
   eval_kwargs = {"train": False} if eval_kwargs is None else dict(eval_kwargs)
 
