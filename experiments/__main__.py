@@ -8,6 +8,8 @@ import shutil
 import sys
 import time
 
+from jaxnorm._compilation_cache import enable_compilation_cache
+
 from . import EXPERIMENTS, claims
 from .data import DATASETS, DataError
 from .results import OutputError, check_output_root, publish, staging_dir, write_outcome
@@ -35,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
   run.add_argument("--data-path", default=None, help="file or directory for user data")
   run.add_argument("--split-seed", type=int, default=0,
                    help="seed of the train/test split (>= 0)")
+  run.add_argument("--no-compilation-cache", action="store_true",
+                   help="do not use JAX's persistent compilation cache (on by default: a "
+                        "second run loads its compiled programs from disk)")
   run.add_argument("--api", default=None, choices=("linen", "nnx"),
                    help="Flax API of the models (seed-mlp only; default linen)")
   report = commands.add_parser("report", help="write experiments/REPORT.md from the runs")
@@ -108,6 +113,11 @@ def _run(args) -> int:
     print(f"error: {error}", file=sys.stderr)
     return 2
   names = list(EXPERIMENTS) if args.name == "all" else [args.name]
+  try:
+    enable_compilation_cache(enabled=not args.no_compilation_cache)
+  except ValueError as error:
+    print(f"error: {error}", file=sys.stderr)
+    return 2
   verdicts = {}
   try:
     for name in names:

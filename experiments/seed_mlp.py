@@ -53,7 +53,8 @@ def run(ctx) -> dict:
   epochs = ctx.epochs or (2 if ctx.quick else 10)
   batch_size, learning_rate = 32, 0.1
   seeds = list(range(ctx.seeds))
-  data = load_dataset(ctx.data or "digits", path=ctx.data_path, seed=ctx.split_seed)
+  data = load_dataset(ctx.data or "digits", path=ctx.data_path, seed=ctx.split_seed,
+                      batch_size=batch_size)
   print(data.describe())
   full = SeedMLP(num_classes=data.num_classes, **VARIANTS[SUMMARY_VARIANT])
   print(f"parameters of the {SUMMARY_VARIANT} variant (the notebook's network) for "

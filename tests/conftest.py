@@ -24,6 +24,10 @@ _FLAG = "--xla_force_host_platform_device_count=8"
 if _FLAG not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
 
+# The command-line tools turn on JAX's persistent compilation cache; tests that run them
+# in-process must not write into the user's cache directory.
+os.environ.setdefault("JAXNORM_COMPILATION_CACHE", "0")
+
 hypothesis.settings.register_profile(
     "ci", max_examples=25, deadline=None, derandomize=True, database=None,
     print_blob=True, suppress_health_check=[hypothesis.HealthCheck.too_slow])

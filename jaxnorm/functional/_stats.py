@@ -23,6 +23,16 @@ class BatchStats(NamedTuple):
   Attributes:
     mean: running mean, one value per feature.
     var: running biased (population) variance, one value per feature.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxnorm import functional as F
+    >>> stats = F.BatchStats(mean=jnp.zeros(3), var=jnp.ones(3))   # a fresh layer's
+    >>> x = jnp.arange(12.0).reshape(4, 3)           # batch mean 4.5.., variance 11.25
+    >>> _, stats = F.batch_norm(x, None, None, stats, train=True, momentum=0.5)
+    >>> stats                                        # 0.5 * old + 0.5 * batch
+    BatchStats(mean=Array([2.25, 2.75, 3.25], dtype=float32),
+               var=Array([6.125, 6.125, 6.125], dtype=float32))
   """
 
   mean: jax.Array
@@ -123,6 +133,15 @@ class Moments(NamedTuple):
   ``shift`` is close to ``x`` and ``delta = mean - shift`` is small, so no rounding of
   a large mean enters the normalized values. ``mean`` is the mean itself (identical on
   every device after a cross-device merge).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxnorm import functional as F
+    >>> m = F.masked_moments(1e4 + jnp.array([[1.0], [-1.0]]), (0,), None)
+    >>> m._fields
+    ('shift', 'delta', 'mean', 'var', 'count')
+    >>> float(m.mean[0, 0]), float(m.var[0, 0]), float(m.count[0, 0])
+    (10000.0, 1.0, 2.0)
   """
 
   shift: jax.Array
@@ -202,7 +221,16 @@ def masked_moments(
     center: bool = True,
 ) -> Moments:
   """Core of :func:`moments` on validated input, with kept dims (see
-  :func:`centred_moments`)."""
+  :func:`centred_moments`).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxnorm import functional as F
+    >>> x = jnp.arange(12.0).reshape(4, 3)
+    >>> m = F.masked_moments(x, (0,), jnp.arange(4)[:, None] < 2)  # the first two rows
+    >>> m.mean, m.count                              # kept dims, valid counts
+    (Array([[1.5, 2.5, 3.5]], dtype=float32), Array([[2., 2., 2.]], dtype=float32))
+  """
   return centred_moments(x, axes, mask, axis_name, axis_index_groups, center)[1]
 
 
@@ -239,6 +267,13 @@ def moments(
 
   Returns:
     ``(mean, var)`` in ``x``'s dtype promoted to at least float32.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxnorm import functional as F
+    >>> x = 1e4 + jnp.array([[1.0, 2.0], [-1.0, -2.0]])   # large mean, small spread
+    >>> F.moments(x, 0)                                  # no E[x^2] - E[x]^2 cancellation
+    (Array([10000., 10000.], dtype=float32), Array([1., 4.], dtype=float32))
 
   References:
     Chan, Golub, LeVeque, "Updating formulae and a pairwise algorithm for computing

@@ -22,7 +22,17 @@ Limit = float | Callable[[jax.Array], jax.Array]
 
 
 class BatchRenormStats(NamedTuple):
-  """Running statistics of batch renorm, and the training step (for the r/d schedules)."""
+  """Running statistics of batch renorm, and the training step (for the r/d schedules).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxnorm import functional as F
+    >>> stats = F.BatchRenormStats(mean=jnp.zeros(3), var=jnp.ones(3), step=jnp.array(0))
+    >>> x = jnp.arange(12.0).reshape(4, 3)
+    >>> _, stats = F.batch_renorm(x, None, None, stats, train=True)
+    >>> int(stats.step)                      # counts training calls, for the schedules
+    1
+  """
 
   mean: jax.Array
   var: jax.Array
@@ -78,6 +88,16 @@ def batch_renorm(
 
   Returns:
     ``(y, new_stats)`` with the EMA-updated statistics and ``step + 1`` in training.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxnorm import functional as F
+    >>> x = 5.0 + 2.0 * jax.random.normal(jax.random.key(0), (8, 3))
+    >>> stats = F.BatchRenormStats(mean=jnp.zeros(3), var=jnp.ones(3), step=jnp.array(0))
+    >>> y, new_stats = F.batch_renorm(x, None, None, stats, train=True,
+    ...                               r_max=1e3, d_max=1e3)
+    >>> bool(jnp.allclose(y, x, atol=1e-3))  # unclipped r, d: normalized by running stats
+    True
 
   References:
     Ioffe, "Batch Renormalization: Towards Reducing Minibatch Dependence in
@@ -138,6 +158,18 @@ def ghost_batch_norm(
   :func:`batch_norm` does. The running statistics are updated once per call from all
   virtual batches: with the pooled mean and variance of the whole batch (their exact
   merge), which is what evaluation normalizes with.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxnorm import functional as F
+    >>> x = jnp.arange(16.0).reshape(8, 2)
+    >>> stats = F.BatchStats(mean=jnp.zeros(2), var=jnp.ones(2))
+    >>> y, new_stats = F.ghost_batch_norm(x, None, None, stats, virtual_batch_size=4,
+    ...                                   train=True, momentum=0.0)
+    >>> y[:4].mean(0), y[4:].mean(0)         # each virtual batch of 4 has mean 0
+    (Array([0., 0.], dtype=float32), Array([0., 0.], dtype=float32))
+    >>> new_stats                            # the whole batch's statistics (momentum 0)
+    BatchStats(mean=Array([7., 8.], dtype=float32), var=Array([21., 21.], dtype=float32))
 
   References:
     Hoffer, Hubara & Soudry, "Train longer, generalize better: closing the

@@ -72,6 +72,16 @@ def switch_norm(
   channel over the batch and spatial axes (running statistics at evaluation, updated by
   EMA in training).
 
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxnorm import functional as F
+    >>> x = jax.random.normal(jax.random.key(0), (2, 4, 4, 3))      # NHWC
+    >>> stats = F.BatchStats(mean=jnp.zeros(3), var=jnp.ones(3))
+    >>> bn_only = jnp.array([-20.0, -20.0, 0.0])                   # logits of IN, LN, BN
+    >>> y, new_stats = F.switch_norm(x, None, None, bn_only, bn_only, stats, train=True)
+    >>> bool(jnp.allclose(y.mean((0, 1, 2)), 0, atol=1e-5)), new_stats.mean.shape
+    (True, (3,))
+
   References:
     Luo, Ren, Peng, Zhang & Li, "Differentiable Learning-to-Normalize via Switchable
     Normalization", ICLR 2019.
@@ -128,6 +138,15 @@ def evonorm_b0(
   evaluation, EMA-updated in training), :math:`\sigma^2_I` per example and channel over
   the spatial axes; ``v`` has one value per channel.
 
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxnorm import functional as F
+    >>> x = jax.random.normal(jax.random.key(0), (2, 4, 4, 3))      # NHWC
+    >>> stats = F.BatchStats(mean=jnp.zeros(3), var=jnp.ones(3))
+    >>> y, new_stats = F.evonorm_b0(x, None, None, jnp.ones(3), stats, train=True)
+    >>> y.shape, new_stats.var.shape         # the running batch variance, EMA-updated
+    ((2, 4, 4, 3), (3,))
+
   References:
     Liu, Brock, Simonyan & Le, "Evolving Normalization-Activation Layers", NeurIPS 2020.
   """
@@ -172,6 +191,15 @@ def evonorm_s0(
 
   :math:`\sigma^2_G` per example and channel group over the spatial axes and the
   group's channels (as :func:`group_norm`).
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxnorm import functional as F
+    >>> x = jax.random.normal(jax.random.key(0), (2, 4, 4, 4))      # NHWC
+    >>> y = F.evonorm_s0(x, None, None, jnp.ones(4), num_groups=2)
+    >>> alone = F.evonorm_s0(x[:1], None, None, jnp.ones(4), num_groups=2)
+    >>> y.shape, bool(jnp.allclose(alone, y[:1]))   # no batch statistics
+    ((2, 4, 4, 4), True)
 
   References:
     Liu, Brock, Simonyan & Le, "Evolving Normalization-Activation Layers", NeurIPS 2020.

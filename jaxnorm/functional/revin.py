@@ -36,6 +36,13 @@ class RevINStats(NamedTuple):
   Attributes:
     mean: :math:`\\mu`, the mean of each series and variable.
     std: :math:`\\sigma = \\sqrt{\\mathrm{Var}[x] + \\epsilon}` (biased variance).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxnorm import functional as F
+    >>> _, stats = F.revin_normalize(jnp.ones((2, 5, 3)), None, None)  # (B, T, C)
+    >>> stats.mean.shape, stats.std.shape            # one per series and variable
+    ((2, 1, 3), (2, 1, 3))
   """
 
   mean: jax.Array

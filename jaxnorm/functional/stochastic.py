@@ -53,6 +53,13 @@ def dropout(
   Returns:
     An array like ``x``.
 
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxnorm import functional as F
+    >>> y = F.dropout(jax.random.key(0), jnp.ones((4, 3)), rate=0.5)
+    >>> y.shape, bool(jnp.isin(y, jnp.array([0.0, 2.0])).all())  # kept: x / (1 - rate)
+    ((4, 3), True)
+
   References:
     Srivastava et al., "Dropout: A Simple Way to Prevent Neural Networks from
     Overfitting", JMLR 2014.
@@ -108,6 +115,14 @@ def spatial_dropout(
   NHWC/NWC/NDHWC, ``1`` for NCHW. Equivalent to :func:`dropout` with those
   ``broadcast_dims`` (inverted, ``E[y] = x``).
 
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxnorm import functional as F
+    >>> x = jnp.ones((2, 4, 4, 3))                       # NHWC
+    >>> y = F.spatial_dropout(jax.random.key(0), x, rate=0.5)
+    >>> bool((y == y[:, :1, :1, :]).all())               # one draw per example and channel
+    True
+
   References:
     Tompson et al., "Efficient Object Localization Using Convolutional Networks", 2015.
   """
@@ -132,6 +147,14 @@ def drop_path(
   branch is kept with probability :math:`1-p` and scaled by :math:`1/(1-p)`; in
   ``"batch"`` mode one draw decides for the whole batch.
 
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxnorm import functional as F
+    >>> x = jnp.ones((4, 3))
+    >>> y = x + F.drop_path(jax.random.key(0), x, rate=0.5)   # residual x + branch(x)
+    >>> bool((y == y[:, :1]).all())                     # whole examples kept or dropped
+    True
+
   References:
     Huang et al., "Deep Networks with Stochastic Depth", ECCV 2016.
   """
@@ -150,6 +173,11 @@ def drop_path_rates(num_layers: int, max_rate: float) -> list[float]:
 
   The first block is never dropped and the last with ``max_rate`` (Huang et al.'s
   linear decay rule, as used by timm and DeiT).
+
+  Example:
+    >>> from jaxnorm import functional as F
+    >>> F.drop_path_rates(3, 0.2)                       # one rate per residual block
+    [0.0, 0.1, 0.2]
   """
   _checks.check_in_unit_interval(max_rate, name="max_rate",
                                  fn="jaxnorm.functional.drop_path_rates")
@@ -171,6 +199,14 @@ def alpha_dropout(key: jax.Array, x: jax.Array, *, rate: float | jax.Array) -> j
   Dropped units are set to :math:`\alpha' = -\lambda\alpha`, then
   :math:`y = a\,\tilde x + b` with :math:`q = 1 - p`,
   :math:`a = (q + \alpha'^2 q (1 - q))^{-1/2}`, :math:`b = -a (1 - q) \alpha'`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxnorm import functional as F
+    >>> x = jax.nn.selu(jax.random.normal(jax.random.key(0), (10_000,)))
+    >>> y = F.alpha_dropout(jax.random.key(1), x, rate=0.2)
+    >>> round(abs(float(y.mean())), 1), round(float(y.std()), 1)  # still mean 0, std 1
+    (0.0, 1.0)
 
   References:
     Klambauer et al., "Self-Normalizing Neural Networks", NeurIPS 2017.
@@ -200,6 +236,13 @@ def gaussian_dropout(key: jax.Array, x: jax.Array, *, rate: float | jax.Array) -
 
   ``rate`` must be < 1 (the variance diverges at 1).
 
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxnorm import functional as F
+    >>> y = F.gaussian_dropout(jax.random.key(0), jnp.ones((10_000,)), rate=0.5)
+    >>> round(float(y.mean()), 1), round(float(y.std()), 1)  # noise N(1, 0.5 / (1 - 0.5))
+    (1.0, 1.0)
+
   References:
     Srivastava et al., "Dropout: A Simple Way to Prevent Neural Networks from
     Overfitting", JMLR 2014, section 10.
@@ -228,6 +271,16 @@ def classic_dropout(
   Equivalent in expectation to the inverted :func:`dropout` (which rescales in
   training and leaves inference alone): both give :math:`E[y_{train}] = y_{eval}`.
   ``key`` may be ``None`` when ``train`` is False.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxnorm import functional as F
+    >>> x = jnp.ones((4, 3))
+    >>> F.classic_dropout(None, x, rate=0.25, train=False)[0]   # inference: x * (1 - rate)
+    Array([0.75, 0.75, 0.75], dtype=float32)
+    >>> y = F.classic_dropout(jax.random.key(0), x, rate=0.25, train=True)
+    >>> bool(jnp.isin(y, jnp.array([0.0, 1.0])).all())         # training: no rescaling
+    True
   """
   fn = "jaxnorm.functional.classic_dropout"
   x = _checks.ensure_floating(x, name="x", fn=fn)
@@ -256,6 +309,17 @@ def concrete_dropout(
     \qquad y = \frac{x\,(1 - z)}{1 - p}
 
   Gradients flow to ``logit``; add :func:`concrete_dropout_regularizer` to the loss.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxnorm import functional as F
+    >>> logit = jnp.log(0.1 / 0.9)                     # drop probability 0.1
+    >>> y = F.concrete_dropout(jax.random.key(0), jnp.ones((10_000,)), logit=logit)
+    >>> round(float(y.mean()), 1)                      # E[y] = x, about
+    1.0
+    >>> loss = lambda l: F.concrete_dropout(jax.random.key(0), jnp.ones((4, 3)), logit=l)
+    >>> bool(jax.grad(lambda l: loss(l).sum())(logit) != 0)  # the rate learns by gradient
+    True
 
   References:
     Gal, Hron & Kendall, "Concrete Dropout", NeurIPS 2017.
@@ -288,6 +352,14 @@ def concrete_dropout_regularizer(
   :math:`\lambda_p` = ``dropout_regularizer`` (:math:`2 / N`). The second term is a
   negative entropy: minimizing it pushes :math:`p` towards 0.5 unless the data says
   otherwise.
+
+  Example:
+    >>> from jaxnorm import functional as F
+    >>> reg = lambda logit: float(F.concrete_dropout_regularizer(
+    ...     logit, input_dim=3, weight_sq_norm=2.0, weight_regularizer=1e-4,
+    ...     dropout_regularizer=1e-2))
+    >>> round(reg(0.0), 5), reg(0.0) < reg(2.0)        # p = 0.5 costs less than p = 0.88
+    (-0.02039, True)
   """
   logit = jnp.asarray(logit, jnp.float32)
   p = jax.nn.sigmoid(logit)
@@ -304,6 +376,15 @@ def r_drop_loss(logits_a: jax.Array, logits_b: jax.Array) -> jax.Array:
 
   averaged over the batch, with :math:`P = \mathrm{softmax}` of the logits (last axis).
   Add ``alpha * r_drop_loss(...)`` to the cross-entropy of both passes.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxnorm import functional as F
+    >>> a, b = jnp.array([[2.0, 0.0, -1.0]]), jnp.array([[0.0, 1.0, 0.0]])
+    >>> float(F.r_drop_loss(a, a)), bool(F.r_drop_loss(a, b) > 0)  # 0 only if they agree
+    (0.0, True)
+    >>> bool(F.r_drop_loss(a, b) == F.r_drop_loss(b, a))           # symmetric
+    True
 
   References:
     Liang et al., "R-Drop: Regularized Dropout for Neural Networks", NeurIPS 2021.

@@ -41,6 +41,17 @@ class WhiteningStats(NamedTuple):
     mean: running mean, one value per feature, shape ``(C,)``.
     whitening: running whitening matrix of each group, shape ``(G, g, g)`` with
       ``G * g = C``; evaluation computes ``y = whitening @ (x - mean)`` per group.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxnorm import functional as F
+    >>> x = jax.random.normal(jax.random.key(0), (16, 4))
+    >>> stats = F.init_whitening_stats(4, group_size=2)   # zero mean, identity matrices
+    >>> stats.mean.shape, stats.whitening.shape           # (C,) and (G, g, g)
+    ((4,), (2, 2, 2))
+    >>> y, _ = F.decorrelated_batch_norm(x, None, None, stats, train=False, group_size=2)
+    >>> bool(jnp.allclose(y, x))                          # whitening @ (x - mean) = x
+    True
   """
 
   mean: jax.Array
@@ -432,11 +443,11 @@ def iter_norm(
   (same iterates in exact arithmetic; the form printed in the paper amplifies rounding
   and overflows in float32 after a few dozen steps). Everything else (groups, running
   statistics, masks, ``axis_name``, evaluation) is as in
-  :func:`decorrelated_batch_norm`.
+  :func:`decorrelated_batch_norm`, whose arguments (``x``, ``scale``, ``bias``, ``stats``,
+  ``train``, ``num_groups``, ``group_size``, ``momentum``, ``epsilon``, ``axis_name``,
+  ``axis_index_groups``, ``mask``) it shares.
 
   Args:
-    x, scale, bias, stats, train, num_groups, group_size, momentum, epsilon,
-      axis_name, axis_index_groups, mask: as in :func:`decorrelated_batch_norm`.
     iterations: ``T``, a Python int >= 1 (it sets the computation's size).
 
   Returns:

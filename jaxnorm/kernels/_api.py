@@ -29,6 +29,16 @@ class NormStats(NamedTuple):
     delta: ``mean - shift``.
     var: the biased variance of the valid elements (``mean(x^2)`` without centring).
     count: the number of valid elements.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxnorm import kernels
+    >>> x = 1e4 + jnp.array([1.0, -1.0, 3.0, -3.0]).reshape(1, 2, 1, 2)   # (B, S, G, K)
+    >>> stats = kernels.norm_moments(x)
+    >>> float((stats.shift + stats.delta)[0, 0, 0, 0]), float(stats.var[0, 0, 0, 0])
+    (10000.0, 5.0)
+    >>> stats.var.shape, float(stats.count[0, 0, 0, 0])   # size 1 on S and K
+    ((1, 1, 1, 1), 4.0)
   """
 
   shift: jax.Array

@@ -31,6 +31,12 @@ class Geometry(NamedTuple):
     shape: the shape of ``x``.
     reduce_axes: the reduced axes (sorted, non-negative).
     layout: ``(nb, ns, ng, nk)``, the number of axes in each run.
+
+  Example:
+    >>> from jaxnorm import kernels
+    >>> geo = kernels.geometry((8, 4, 4, 3), (0, 1, 2))   # batch norm, NHWC
+    >>> geo.layout, geo.runs, geo.dims                    # S = axes 0-2, G = the channels
+    ((0, 3, 1, 0), ((), (0, 1, 2), (3,), ()), (1, 128, 3, 1))
   """
 
   shape: tuple[int, ...]

@@ -61,6 +61,12 @@ class Status(NamedTuple):
     loaded: whether the library is loaded and its FFI targets are registered.
     path: the library file looked for.
     reason: why it is not loaded (empty when it is).
+
+  Example:
+    >>> from jaxnorm import kernels
+    >>> current = kernels.status()
+    >>> current.loaded == (current.reason == "")          # a reason whenever not loaded
+    True
   """
 
   mode: str

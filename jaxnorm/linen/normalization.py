@@ -176,6 +176,17 @@ class LayerNorm(nn.Module):
   ``feature_axes``. ``use_fast_variance`` and ``force_float32_reductions`` are accepted
   for compatibility (jaxnorm's variance is always the stable one, in float32 or wider).
   See :func:`jaxnorm.functional.layer_norm` for the math.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, jaxnorm
+    >>> import flax.linen as nn
+    >>> x = jax.random.normal(jax.random.key(0), (4, 3))
+    >>> variables = jaxnorm.linen.LayerNorm().init(jax.random.key(1), x)
+    >>> y = jaxnorm.linen.LayerNorm().apply(variables, x)
+    >>> bool(jnp.allclose(y.mean(-1), 0, atol=1e-5))                    # each example
+    True
+    >>> bool(jnp.allclose(y, nn.LayerNorm().apply(variables, x), atol=1e-4))  # as flax's
+    True
   """
 
   epsilon: float = 1e-6
@@ -220,6 +231,15 @@ class GroupNorm(nn.Module):
 
   Give ``num_groups`` (default 32) or ``group_size`` (with ``num_groups=None``).
   See :func:`jaxnorm.functional.group_norm`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, jaxnorm
+    >>> x = jax.random.normal(jax.random.key(0), (2, 4, 4, 8))       # NHWC
+    >>> layer = jaxnorm.linen.GroupNorm(num_groups=2)
+    >>> y = layer.apply(layer.init(jax.random.key(1), x), x)
+    >>> groups = y.reshape(2, 16, 2, 4)                               # (N, HW, G, C / G)
+    >>> bool(jnp.allclose(groups.mean((1, 3)), 0, atol=1e-5))         # per example, group
+    True
   """
 
   num_groups: int | None = 32
@@ -253,6 +273,14 @@ class InstanceNorm(nn.Module):
   """Instance normalization, a drop-in for ``flax.linen.InstanceNorm``.
 
   See :func:`jaxnorm.functional.instance_norm`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, jaxnorm
+    >>> x = 5.0 + jax.random.normal(jax.random.key(0), (2, 4, 4, 3))  # NHWC
+    >>> layer = jaxnorm.linen.InstanceNorm()
+    >>> y = layer.apply(layer.init(jax.random.key(1), x), x)
+    >>> bool(jnp.allclose(y.mean((1, 2)), 0, atol=1e-5))   # per example and channel
+    True
   """
 
   epsilon: float = 1e-6
@@ -285,6 +313,14 @@ class RMSNorm(nn.Module):
   """RMS normalization, a drop-in for ``flax.linen.RMSNorm``.
 
   See :func:`jaxnorm.functional.rms_norm`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, jaxnorm
+    >>> x = jax.random.normal(jax.random.key(0), (4, 8))
+    >>> layer = jaxnorm.linen.RMSNorm()
+    >>> y = layer.apply(layer.init(jax.random.key(1), x), x)
+    >>> bool(jnp.allclose(jnp.sqrt(jnp.mean(y ** 2, axis=-1)), 1, atol=1e-3))  # unit RMS
+    True
   """
 
   epsilon: float = 1e-6

@@ -25,6 +25,16 @@ class Dropout(nn.Module):
     broadcast_dims: axes along which the mask is shared.
     deterministic: if True, return the input unchanged.
     rng_collection: the rng stream to draw the key from.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, jaxnorm
+    >>> import flax.linen as nn
+    >>> x, rngs = jnp.ones((4, 3)), {"dropout": jax.random.key(0)}
+    >>> y = jaxnorm.linen.Dropout(rate=0.5).apply({}, x, deterministic=False, rngs=rngs)
+    >>> bool(jnp.isin(y, jnp.array([0.0, 2.0])).all())  # dropped, or kept / (1 - rate)
+    True
+    >>> bool((y == nn.Dropout(rate=0.5).apply({}, x, deterministic=False, rngs=rngs)).all())
+    True
   """
 
   rate: float
@@ -71,6 +81,14 @@ class SpatialDropout(_KeyedNoise):
   """Drops whole feature maps; see :func:`jaxnorm.functional.spatial_dropout`.
 
   ``channel_axis=-1`` for NHWC, ``1`` for NCHW.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, jaxnorm
+    >>> layer = jaxnorm.linen.SpatialDropout(0.5)
+    >>> y = layer.apply({}, jnp.ones((2, 4, 4, 3)), deterministic=False,
+    ...                 rngs={"dropout": jax.random.key(0)})
+    >>> bool((y == y[:, :1, :1, :]).all())              # whole feature maps dropped
+    True
   """
 
   channel_axis: int = -1
@@ -87,6 +105,15 @@ class DropPath(_KeyedNoise):
 
   ``mode="row"`` drops per example, ``"batch"`` the whole batch; see
   :func:`jaxnorm.functional.drop_path` and :func:`jaxnorm.functional.drop_path_rates`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, jaxnorm
+    >>> x = jnp.ones((4, 3))
+    >>> branch = jaxnorm.linen.DropPath(0.5).apply({}, 2 * x, deterministic=False,
+    ...                                            rngs={"dropout": jax.random.key(0)})
+    >>> y = x + branch                                 # the residual connection
+    >>> bool((y == y[:, :1]).all())                    # per example: all or nothing
+    True
   """
 
   mode: str = "row"
@@ -99,7 +126,16 @@ class DropPath(_KeyedNoise):
 
 
 class AlphaDropout(_KeyedNoise):
-  """Alpha dropout for SELU networks; see :func:`jaxnorm.functional.alpha_dropout`."""
+  """Alpha dropout for SELU networks; see :func:`jaxnorm.functional.alpha_dropout`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, jaxnorm
+    >>> x = jax.nn.selu(jax.random.normal(jax.random.key(1), (10_000,)))
+    >>> y = jaxnorm.linen.AlphaDropout(0.2).apply({}, x, deterministic=False,
+    ...                                           rngs={"dropout": jax.random.key(0)})
+    >>> round(abs(float(y.mean())), 1), round(float(y.std()), 1)  # SELU's mean 0, std 1
+    (0.0, 1.0)
+  """
 
   @nn.compact
   def __call__(self, inputs, deterministic: bool | None = None):
@@ -109,7 +145,16 @@ class AlphaDropout(_KeyedNoise):
 
 class GaussianDropout(_KeyedNoise):
   """Multiplicative N(1, rate / (1 - rate)) noise; see
-  :func:`jaxnorm.functional.gaussian_dropout`."""
+  :func:`jaxnorm.functional.gaussian_dropout`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, jaxnorm
+    >>> layer = jaxnorm.linen.GaussianDropout(0.5)
+    >>> y = layer.apply({}, jnp.ones((10_000,)), deterministic=False,
+    ...                 rngs={"dropout": jax.random.key(0)})
+    >>> round(float(y.mean()), 1), round(float(y.std()), 1)   # N(1, 0.5 / (1 - 0.5))
+    (1.0, 1.0)
+  """
 
   @nn.compact
   def __call__(self, inputs, deterministic: bool | None = None):
@@ -119,7 +164,18 @@ class GaussianDropout(_KeyedNoise):
 
 class ClassicDropout(_KeyedNoise):
   """Non-inverted dropout: no rescaling in training, ``x * (1 - rate)`` when
-  deterministic; see :func:`jaxnorm.functional.classic_dropout`."""
+  deterministic; see :func:`jaxnorm.functional.classic_dropout`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, jaxnorm
+    >>> layer = jaxnorm.linen.ClassicDropout(0.25)
+    >>> layer.apply({}, jnp.ones((1, 3)), deterministic=True)   # evaluation: x * (1 - rate)
+    Array([[0.75, 0.75, 0.75]], dtype=float32)
+    >>> y = layer.apply({}, jnp.ones((4, 3)), deterministic=False,
+    ...                 rngs={"dropout": jax.random.key(0)})
+    >>> bool(jnp.isin(y, jnp.array([0.0, 1.0])).all())         # training: no rescaling
+    True
+  """
 
   @nn.compact
   def __call__(self, inputs, deterministic: bool | None = None):
@@ -133,6 +189,17 @@ class DropConnectDense(nn.Module):
   One Bernoulli(1 - rate) mask over the kernel per call (shared by the batch), kept
   weights scaled by ``1 / (1 - rate)``; the bias is not dropped. Same ``params``
   (``kernel``, ``bias``) as ``flax.linen.Dense``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, jaxnorm
+    >>> layer = jaxnorm.linen.DropConnectDense(features=2, rate=0.5)
+    >>> x = jnp.ones((4, 3))
+    >>> params = layer.init(jax.random.key(0), x, deterministic=True)
+    >>> jax.tree.map(jnp.shape, params)                # as flax.linen.Dense
+    {'params': {'bias': (2,), 'kernel': (3, 2)}}
+    >>> y = layer.apply(params, x, deterministic=False, rngs={"dropout": jax.random.key(0)})
+    >>> bool((y == y[:1]).all())                       # one kernel mask for the batch
+    True
 
   References:
     Wan et al., "Regularization of Neural Networks using DropConnect", ICML 2013.
@@ -169,6 +236,18 @@ class ConcreteDropoutDense(nn.Module):
   collection: apply with ``mutable=['losses']`` (passing only ``params``/``batch_stats``
   as variables) and add their sum to the loss.
   When deterministic, the input is used as is (inverted scaling).
+
+  Example:
+    >>> import jax, jax.numpy as jnp, jaxnorm
+    >>> layer = jaxnorm.linen.ConcreteDropoutDense(features=2, init_rate=0.1)
+    >>> x = jnp.ones((4, 3))
+    >>> params = layer.init(jax.random.key(0), x, deterministic=True)["params"]
+    >>> round(float(jax.nn.sigmoid(params["dropout_logit"])), 3)   # the learned rate
+    0.1
+    >>> y, state = layer.apply({"params": params}, x, deterministic=False,
+    ...                        rngs={"dropout": jax.random.key(0)}, mutable=["losses"])
+    >>> y.shape, len(state["losses"]["concrete_dropout"])   # add the sown loss
+    ((4, 2), 1)
   """
 
   features: int

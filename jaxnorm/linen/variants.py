@@ -49,6 +49,16 @@ class BatchRenorm(_BatchStatsModule):
 
   ``batch_stats`` holds ``mean``, ``var`` and ``step`` (int32), the step driving the
   ``r_max``/``d_max`` schedules and the warm-up.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, jaxnorm
+    >>> layer = jaxnorm.linen.BatchRenorm(momentum=0.5, warmup_steps=100)
+    >>> x = jnp.arange(12.0).reshape(4, 3)
+    >>> variables = layer.init(jax.random.key(0), x, use_running_average=False)
+    >>> y, updates = layer.apply(variables, x, use_running_average=False,
+    ...                          mutable=["batch_stats"])
+    >>> int(updates["batch_stats"]["step"]), updates["batch_stats"]["mean"]
+    (1, Array([2.25, 2.75, 3.25], dtype=float32))
   """
 
   axis: Axes = -1
@@ -83,6 +93,15 @@ class GhostBatchNorm(_BatchStatsModule):
   """Ghost batch norm over virtual batches of ``virtual_batch_size`` examples.
 
   See :func:`jaxnorm.functional.ghost_batch_norm`. Same variables as ``BatchNorm``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, jaxnorm
+    >>> layer = jaxnorm.linen.GhostBatchNorm(virtual_batch_size=2)
+    >>> x = jnp.arange(12.0).reshape(4, 3)
+    >>> variables = layer.init(jax.random.key(0), x, use_running_average=False)
+    >>> y, _ = layer.apply(variables, x, use_running_average=False, mutable=["batch_stats"])
+    >>> bool(jnp.allclose(y[:2].mean(0), 0) & jnp.allclose(y[2:].mean(0), 0))  # per half
+    True
   """
 
   virtual_batch_size: int = 32
@@ -110,6 +129,16 @@ class SwitchNorm(_BatchStatsModule):
 
   ``params`` also hold ``mean_weights`` and ``var_weights`` (logits of IN, LN, BN,
   initialized equal).
+
+  Example:
+    >>> import jax, jax.numpy as jnp, jaxnorm
+    >>> layer = jaxnorm.linen.SwitchNorm()
+    >>> x = jax.random.normal(jax.random.key(0), (2, 4, 4, 3))       # NHWC
+    >>> variables = layer.init(jax.random.key(1), x, use_running_average=False)
+    >>> jax.tree.map(jnp.shape, variables["params"])
+    {'bias': (3,), 'mean_weights': (3,), 'scale': (3,), 'var_weights': (3,)}
+    >>> layer.apply(variables, x, use_running_average=True).shape
+    (2, 4, 4, 3)
   """
 
   @nn.compact
@@ -130,7 +159,18 @@ class SwitchNorm(_BatchStatsModule):
 
 
 class EvoNormB0(_BatchStatsModule):
-  """EvoNorm-B0; see :func:`jaxnorm.functional.evonorm_b0`. ``params/v`` starts at 1."""
+  """EvoNorm-B0; see :func:`jaxnorm.functional.evonorm_b0`. ``params/v`` starts at 1.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, jaxnorm
+    >>> layer = jaxnorm.linen.EvoNormB0()
+    >>> x = jax.random.normal(jax.random.key(0), (2, 4, 4, 3))       # NHWC
+    >>> variables = layer.init(jax.random.key(1), x, use_running_average=False)
+    >>> y, updates = layer.apply(variables, x, use_running_average=False,
+    ...                          mutable=["batch_stats"])
+    >>> y.shape, updates["batch_stats"]["var"].shape   # the running batch variance
+    ((2, 4, 4, 3), (3,))
+  """
 
   @nn.compact
   def __call__(self, x, use_running_average: bool | None = None, *,
@@ -148,7 +188,16 @@ class EvoNormB0(_BatchStatsModule):
 
 
 class EvoNormS0(nn.Module):
-  """EvoNorm-S0; see :func:`jaxnorm.functional.evonorm_s0`. ``params/v`` starts at 1."""
+  """EvoNorm-S0; see :func:`jaxnorm.functional.evonorm_s0`. ``params/v`` starts at 1.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, jaxnorm
+    >>> layer = jaxnorm.linen.EvoNormS0(num_groups=2)
+    >>> x = jax.random.normal(jax.random.key(0), (2, 4, 4, 4))       # NHWC
+    >>> variables = layer.init(jax.random.key(1), x)
+    >>> sorted(variables), layer.apply(variables, x).shape   # no batch_stats
+    (['params'], (2, 4, 4, 4))
+  """
 
   num_groups: int | None = 32
   group_size: int | None = None

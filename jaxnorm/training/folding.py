@@ -20,13 +20,27 @@ import jax
 import jax.numpy as jnp
 from flax.core import unfreeze
 
+from jaxnorm.training import _validate
 from jaxnorm.training.precise_bn import BATCH_NORM_TYPES
 
 LINEAR_TYPES = (nn.Dense, nn.Conv, nn.DenseGeneral)
 
 
 class FoldPair(NamedTuple):
-  """A BatchNorm layer that directly follows a Dense/Conv layer."""
+  """A BatchNorm layer that directly follows a Dense/Conv layer.
+
+  Attributes:
+    linear: path of the Dense/Conv layer in the ``params`` tree.
+    batch_norm: path of the BatchNorm layer in ``params`` and ``batch_stats``.
+    epsilon: the BatchNorm's epsilon.
+
+  Example:
+    >>> from jaxnorm import training
+    >>> pair = training.FoldPair(linear=("Dense_0",), batch_norm=("BatchNorm_0",),
+    ...                          epsilon=1e-5)     # by hand, or from find_foldable_pairs
+    >>> "/".join(pair.linear), "/".join(pair.batch_norm)
+    ('Dense_0', 'BatchNorm_0')
+  """
 
   linear: tuple[str, ...]
   batch_norm: tuple[str, ...]
@@ -39,6 +53,19 @@ def find_foldable_pairs(apply_fn, variables: Mapping[str, Any], *args, **kwargs
 
   Traces ``apply_fn(variables, *args, **kwargs)`` abstractly (no computation) with an
   interceptor; pass the evaluation-mode arguments (e.g. ``train=False``).
+
+  Example:
+    >>> import jax, jax.numpy as jnp, flax.linen as nn, jaxnorm
+    >>> from jaxnorm import training
+    >>> class Net(nn.Module):
+    ...   @nn.compact
+    ...   def __call__(self, x, train):
+    ...     x = jaxnorm.BatchNorm(use_running_average=not train)(nn.Dense(4)(x))
+    ...     return nn.Dense(2)(nn.relu(x))
+    >>> x = jnp.ones((3, 5))
+    >>> variables = Net().init(jax.random.key(0), x, train=False)
+    >>> training.find_foldable_pairs(Net().apply, variables, x, train=False)
+    [FoldPair(linear=('Dense_0',), batch_norm=('BatchNorm_0',), epsilon=1e-05)]
   """
   linear_outputs: dict[int, tuple[str, ...]] = {}
   pairs: list[FoldPair] = []
@@ -76,7 +103,27 @@ def fold_batch_norm(variables: Mapping[str, Any], pairs: Sequence[FoldPair]) -> 
   The BN entries are removed from the params; each linear layer gets the folded
   ``kernel`` and a ``bias`` (created if it had none). Use them with the same network
   built without those BN layers and with ``use_bias=True`` on the linear layers.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, flax.linen as nn, jaxnorm
+    >>> from jaxnorm import training
+    >>> class Net(nn.Module):
+    ...   bn: bool = True
+    ...   @nn.compact
+    ...   def __call__(self, x, train):
+    ...     x = nn.Dense(4)(x)
+    ...     x = jaxnorm.BatchNorm(use_running_average=not train)(x) if self.bn else x
+    ...     return nn.Dense(2)(nn.relu(x))
+    >>> x = jnp.ones((3, 5))
+    >>> variables = Net().init(jax.random.key(0), x, train=False)
+    >>> variables["batch_stats"] = jax.tree.map(lambda v: v + 0.5, variables["batch_stats"])
+    >>> pairs = training.find_foldable_pairs(Net().apply, variables, x, train=False)
+    >>> params = training.fold_batch_norm(variables, pairs)
+    >>> folded = Net(bn=False).apply({"params": params}, x, train=False)   # no BN layer
+    >>> bool(jnp.allclose(folded, Net().apply(variables, x, train=False), atol=1e-5))
+    True
   """
+  _validate.check_live(variables, name="variables", fn="jaxnorm.training.fold_batch_norm")
   params = unfreeze(variables["params"])
   stats = variables["batch_stats"]
   for pair in pairs:
@@ -96,6 +143,12 @@ def fold_batch_norm(variables: Mapping[str, Any], pairs: Sequence[FoldPair]) -> 
     linear["kernel"] = (kernel * factor).astype(kernel.dtype)
     linear["bias"] = ((bias - bn_stats["mean"]) * factor + bn_params.get(
         "bias", jnp.zeros(features))).astype(kernel.dtype)
+    if not all(_validate.concrete_all_finite(linear[name]) for name in ("kernel", "bias")):
+      raise ValueError(
+          f"jaxnorm.training.fold_batch_norm: folding {'/'.join(pair.batch_norm)} into "
+          f"{'/'.join(pair.linear)} gives non-finite weights (its running statistics or "
+          "parameters are not finite, or var + epsilon underflows); the folded network "
+          "would be dead. Fix the statistics (e.g. with precise_batch_stats) first.")
     parent = _subtree(params, pair.batch_norm[:-1])
     del parent[pair.batch_norm[-1]]
   return params

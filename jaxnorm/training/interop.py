@@ -23,10 +23,17 @@ from typing import Any
 import numpy as np
 
 from jaxnorm.functional import BatchStats
+from jaxnorm.training import _validate
 
 
 def momentum_to_torch(momentum: float) -> float:
-  """Flax/jaxnorm momentum (weight of the old value) to PyTorch's (weight of the batch)."""
+  """Flax/jaxnorm momentum (weight of the old value) to PyTorch's (weight of the batch).
+
+  Example:
+    >>> from jaxnorm import training
+    >>> training.momentum_to_torch(0.75)
+    0.25
+  """
   if not 0.0 <= momentum <= 1.0:
     raise ValueError(f"jaxnorm.training.momentum_to_torch: momentum must be in [0, 1]; "
                      f"got {momentum}.")
@@ -34,7 +41,13 @@ def momentum_to_torch(momentum: float) -> float:
 
 
 def momentum_from_torch(momentum: float | None) -> float:
-  """PyTorch's momentum to jaxnorm's (``0.1 -> 0.9``)."""
+  """PyTorch's momentum to jaxnorm's (``0.1 -> 0.9``).
+
+  Example:
+    >>> from jaxnorm import training
+    >>> training.momentum_from_torch(0.1)              # PyTorch's default
+    0.9
+  """
   if momentum is None:
     raise ValueError("jaxnorm.training.momentum_from_torch: momentum=None (PyTorch's "
                      "cumulative average) has no EMA equivalent; use precise_batch_stats.")
@@ -79,8 +92,22 @@ def batch_norm_to_torch(
     values_per_batch: values per feature in each batch (batch size x spatial size).
     scale, bias: the BN parameters, exported as ``weight`` and ``bias`` when given.
     initial_var: the running variance before training (1 in both libraries).
+
+  Example:
+    >>> import jax.numpy as jnp, jaxnorm
+    >>> from jaxnorm import training
+    >>> stats = jaxnorm.BatchStats(mean=jnp.array([0.3]), var=jnp.array([1.1]))  # 1 step
+    >>> state = training.batch_norm_to_torch(stats, num_batches_tracked=1, momentum=0.9,
+    ...                                      values_per_batch=4)
+    >>> sorted(state), state["running_var"].round(4)   # 0.9 + 0.1 * (4 / 3) * 2
+    (['num_batches_tracked', 'running_mean', 'running_var'], array([1.1667], dtype=float32))
+
+  Load it with ``torch_bn.load_state_dict({k: torch.from_numpy(v) for k, v in
+  state.items()}, strict=False)`` (PyTorch is not needed to build it).
   """
   fn = "jaxnorm.training.batch_norm_to_torch"
+  _validate.check_live({"stats": stats, "scale": scale, "bias": bias}, name="arguments",
+                       fn=fn)
   exact = _variance_factor_args(momentum, num_batches_tracked, values_per_batch, fn)
   var = np.asarray(stats.var, np.float64)
   if exact is not None:
@@ -112,6 +139,16 @@ def batch_norm_from_torch(
       ``values_per_batch``, selects the exact training-state conversion.
     values_per_batch: values per feature in each training batch.
     initial_var: the running variance before training.
+
+  Example:
+    >>> import numpy as np
+    >>> from jaxnorm import training
+    >>> state_dict = {"running_mean": np.zeros(2), "running_var": np.ones(2),
+    ...               "num_batches_tracked": np.array(0), "weight": np.ones(2),
+    ...               "bias": np.zeros(2)}              # or torch_bn.state_dict()
+    >>> stats, params = training.batch_norm_from_torch(state_dict)
+    >>> stats.var, sorted(params)
+    (array([1., 1.], dtype=float32), ['bias', 'scale'])
   """
   fn = "jaxnorm.training.batch_norm_from_torch"
 

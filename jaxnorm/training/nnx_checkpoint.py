@@ -64,6 +64,19 @@ def restore_nnx_checkpoint(directory: str, like: nnx.Pytree, epoch: int | None =
   Raises:
     FileNotFoundError: no checkpoint there (never a silent fresh start).
     CheckpointError: the checkpoint is corrupt, incomplete or of another model.
+
+  Example:
+    >>> import tempfile, jax, jax.numpy as jnp, optax
+    >>> from flax import nnx
+    >>> from jaxnorm import training
+    >>> def make(seed):
+    ...   return training.NNXTrainState(nnx.Linear(3, 2, rngs=nnx.Rngs(seed)),
+    ...                                 optax.sgd(0.1), rng=jax.random.key(1))
+    >>> directory = tempfile.mkdtemp()
+    >>> training.save_nnx_checkpoint(directory, make(0), epoch=4)
+    >>> restored, epoch = training.restore_nnx_checkpoint(directory, like=make(1))
+    >>> epoch, bool(jnp.array_equal(restored.model.kernel[...], make(0).model.kernel[...]))
+    (4, True)
   """
   restored, epoch = restore_checkpoint(directory, like=_flat_arrays(like), epoch=epoch)
   state = nnx.clone(like)

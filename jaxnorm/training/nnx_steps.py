@@ -24,7 +24,8 @@ from flax import nnx
 
 from jaxnorm.training.loop import epoch_batch_indices
 from jaxnorm.training.state import key_data
-from jaxnorm.training.steps import Batch, LossFn, _all_finite, classification_loss
+from jaxnorm.training.guard import keep_if_not_finite
+from jaxnorm.training.steps import Batch, LossFn, classification_loss
 
 #: ``nnx.view`` arguments of training and evaluation mode.
 TRAIN_VIEW: Mapping[str, bool] = {"deterministic": False, "use_running_average": False}
@@ -148,12 +149,10 @@ def make_nnx_train_step(
     state.optimizer.update(state.model, grads)
     metrics = {"loss": loss, **metrics}
     if guard_nonfinite:
-      after = nnx.as_pure(_guarded(state))
-      finite = _all_finite((loss, nnx.as_pure(grads), after))
-      nnx.update(state.model, jax.tree.map(lambda new, old: jnp.where(finite, new, old),
-                                           after[0], before[0]))
-      nnx.update(state.optimizer.opt_state, jax.tree.map(
-          lambda new, old: jnp.where(finite, new, old), after[1], before[1]))
+      kept, finite = keep_if_not_finite(nnx.as_pure(_guarded(state)), before, loss,
+                                        nnx.as_pure(grads))
+      nnx.update(state.model, kept[0])
+      nnx.update(state.optimizer.opt_state, kept[1])
       state.skipped_steps[...] += jnp.logical_not(finite).astype(jnp.int32)
       metrics["finite"] = finite
     return state, metrics

@@ -207,6 +207,15 @@ def nnx_find_foldable_pairs(model: nnx.Module, x: jax.Array, *,
 
   Traces ``nnx.view(model, **eval_view)(x)`` abstractly (no computation). The pairs'
   paths are NNX paths (attribute names and list indices).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from jaxnorm import nnx as jnnx, training
+    >>> model = nnx.Sequential(nnx.Linear(3, 4, rngs=nnx.Rngs(0)),
+    ...                        jnnx.BatchNorm(4, use_running_average=True, rngs=nnx.Rngs(0)))
+    >>> training.nnx_find_foldable_pairs(model, jnp.ones((2, 3)))
+    [FoldPair(linear=('layers', 0), batch_norm=('layers', 1), epsilon=1e-05)]
   """
   linear_paths = _paths(model, LINEAR_TYPES)
   bn_paths = _paths(model, BATCH_NORM_TYPES)

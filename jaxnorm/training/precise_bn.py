@@ -19,6 +19,7 @@ from flax.core import unfreeze
 from jaxnorm import _checks
 from jaxnorm.functional import masked_moments
 from jaxnorm.linen import BatchNorm
+from jaxnorm.training import _validate
 
 BATCH_NORM_TYPES = (BatchNorm, nn.BatchNorm)
 _COLLECTION = "precise_bn"
@@ -59,6 +60,19 @@ def _merge(moments: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]):
     m2 = m2 + batch_m2 + delta ** 2 * total * count / safe
     total = merged
   return mean, m2 / np.maximum(total, 1)
+
+
+def _raise_not_finite(per_batch, path, fn: str):
+  """``ValueError`` naming the layer and the first batch whose BN inputs are not finite."""
+  first = next((index for index, sown in enumerate(per_batch)
+                if not all(np.all(np.isfinite(np.asarray(t)))
+                           for triple in _get(sown, path)["moments"] for t in triple)),
+               None)
+  where = f"batch {first}" if first is not None else "the pooled batches"
+  raise ValueError(
+      f"{fn}: the inputs of {'/'.join(path)} are not finite in {where}, so its population "
+      "statistics would be NaN/inf and the evaluation network dead. Pass finite batches "
+      "(check them with np.isfinite), or fix the weights that overflow.")
 
 
 def _leaf_paths(tree: Mapping, prefix=()) -> list[tuple[str, ...]]:
@@ -111,7 +125,23 @@ def precise_batch_stats(
 
   Returns:
     A new ``batch_stats`` tree with the same structure, float32.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, flax.linen as nn, jaxnorm
+    >>> from jaxnorm import training
+    >>> class Net(nn.Module):
+    ...   @nn.compact
+    ...   def __call__(self, x, train):
+    ...     return jaxnorm.BatchNorm(use_running_average=not train)(x)
+    >>> x = 3.0 + jax.random.normal(jax.random.key(1), (8, 2))
+    >>> variables = Net().init(jax.random.key(0), x, train=False)
+    >>> stats = training.precise_batch_stats(Net().apply, variables, [x[:4], x[4:]])
+    >>> bool(jnp.allclose(stats["BatchNorm_0"]["mean"], x.mean(0), atol=1e-5)
+    ...      & jnp.allclose(stats["BatchNorm_0"]["var"], x.var(0), atol=1e-5))
+    True
   """
+  fn = "jaxnorm.training.precise_batch_stats"
+  _validate.check_live(variables, name="variables", fn=fn)
   eval_kwargs = {"train": False} if eval_kwargs is None else dict(eval_kwargs)
   batches = list(batches)
   if not batches:
@@ -142,6 +172,8 @@ def precise_batch_stats(
     for path in group:
       mean, var = _merge(triple for sown in per_batch
                          for triple in _get(sown, path)["moments"])
+      if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(var))):
+        _raise_not_finite(per_batch, path, fn)
       stats = _get(batch_stats, path)
       stats["mean"] = jax.numpy.asarray(mean, jax.numpy.float32)
       stats["var"] = jax.numpy.asarray(var, jax.numpy.float32)

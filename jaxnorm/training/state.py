@@ -10,6 +10,8 @@ import numpy as np
 import optax
 from flax.training import train_state
 
+from jaxnorm.training import _validate
+
 
 def key_data(key: jax.Array) -> jax.Array:
   """Raw ``uint32`` data of a PRNG key, typed or raw.
@@ -93,8 +95,13 @@ class TrainState(train_state.TrainState):
              rng: int | jax.Array, batch_stats: Any = None, **kwargs) -> "TrainState":
     """Builds a state at step 0 with ``tx.init(params)`` as optimizer state.
 
-    ``rng`` is an int seed or a PRNG key (see :func:`root_key`).
+    ``rng`` is an int seed or a PRNG key (see :func:`root_key`). The state shares the
+    arrays of ``params`` and ``batch_stats`` (no copy); a donating epoch
+    (:func:`~jaxnorm.training.make_scan_epoch`) therefore deletes them along with the
+    state.
     """
+    _validate.check_live({"params": params, "batch_stats": batch_stats}, name="arguments",
+                         fn="jaxnorm.training.TrainState.create")
     state = super().create(
         apply_fn=apply_fn, params=params, tx=tx,
         batch_stats={} if batch_stats is None else batch_stats,

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 from jaxnorm import functional as F
 from jaxnorm.linen import Dropout
+from jaxnorm.training import _validate
 
 DROPOUT_TYPES = (Dropout, nn.Dropout)
 
@@ -25,6 +26,16 @@ class MCPrediction(NamedTuple):
     entropy: entropy of the predictive mean, :math:`H[\\bar p]` (total uncertainty).
     mutual_information: :math:`H[\\bar p] - \\overline{H[p]}` (BALD; epistemic part).
     probs: the per-sample probabilities, ``(num_samples, ...)``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxnorm import training
+    >>> pred = training.monte_carlo_predict(lambda key: jnp.zeros((2, 3)),
+    ...                                     jax.random.key(0), num_samples=4)
+    >>> pred.probs.shape, pred.mean.shape, round(float(pred.entropy[0]), 4)  # log 3
+    ((4, 2, 3), (2, 3), 1.0986)
+    >>> bool(abs(pred.mutual_information).max() < 1e-6)   # identical passes: no BALD
+    True
   """
 
   mean: jax.Array
@@ -44,6 +55,14 @@ def monte_carlo_predict(logits_fn: Callable[[jax.Array], jax.Array], key: jax.Ar
 
   The passes are ``jax.vmap``-ed over the keys, so the whole prediction is one XLA
   program under ``jax.jit``; a fixed ``key`` gives a fixed result.
+
+  Example:
+    >>> import jax
+    >>> from jaxnorm import training
+    >>> logits_fn = lambda key: jax.random.normal(key, (5, 3))   # e.g. a dropout pass
+    >>> pred = training.monte_carlo_predict(logits_fn, jax.random.key(0), num_samples=8)
+    >>> pred.probs.shape, bool((pred.mutual_information > 0).all())  # passes disagree
+    ((8, 5, 3), True)
   """
   if num_samples < 1:
     raise ValueError(f"jaxnorm.training.monte_carlo_predict: num_samples must be >= 1; "
@@ -77,7 +96,23 @@ def mc_dropout_predict(apply_fn, variables: Mapping[str, Any], x: jax.Array,
   running BN statistics) except that every ``Dropout`` layer (``jaxnorm.linen.Dropout``
   or ``flax.linen.Dropout``) samples a mask; each of the ``num_samples`` passes gets its
   own key. Other stochastic layers stay deterministic.
+
+  Example:
+    >>> import flax.linen as nn, jax, jax.numpy as jnp, jaxnorm
+    >>> from jaxnorm import training
+    >>> class Net(nn.Module):
+    ...   @nn.compact
+    ...   def __call__(self, x, train: bool):
+    ...     x = jaxnorm.Dropout(0.5, deterministic=not train)(nn.relu(nn.Dense(16)(x)))
+    ...     return nn.Dense(3)(x)
+    >>> x = jnp.ones((5, 4))
+    >>> variables = Net().init(jax.random.key(0), x, train=False)
+    >>> pred = training.mc_dropout_predict(Net().apply, variables, x, jax.random.key(1),
+    ...                                    num_samples=4)
+    >>> pred.probs.shape, bool((pred.std > 0).any())   # dropout on in every pass
+    ((4, 5, 3), True)
   """
+  _validate.check_live(variables, name="variables", fn="jaxnorm.training.mc_dropout_predict")
   eval_kwargs = {"train": False} if eval_kwargs is None else dict(eval_kwargs)
 
   def logits_fn(sample_key):
