@@ -15,7 +15,7 @@ import importlib
 #: Module names, in the order of the report. ``seed_mlp`` is the main job (the notebook's
 #: network): it makes no claim of its own and is not part of the report.
 _MODULES = ("seed_mlp", "bn_fig1", "lr_sweep", "depth_gradients", "placement",
-            "mnist1d_baselines", "rnn_norm")
+            "mnist1d_baselines", "rnn_norm", "whitening")
 
 EXPERIMENTS = {module.NAME: module for module in (
     importlib.import_module(f"{__name__}.{name}") for name in _MODULES)}
