@@ -152,3 +152,41 @@ def test_errors_name_the_layer():
         jnp.ones((16, 8)))
   with pytest.raises(ValueError, match="init_whitening_stats"):
     jnnx.IterNorm(8, group_size=3, rngs=nnx.Rngs(0))
+
+
+# --------------------------------------------------------------------------- RevIN
+
+
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("masked", [False, True], ids=["dense", "masked"])
+def test_revin_matches_linen(affine, masked):
+  layer = jnnx.RevIN(3, affine=affine, rngs=nnx.Rngs(0))
+  if affine:
+    _randomize(layer)
+  module = jl.RevIN(num_features=3, affine=affine)
+  variables = jnnx.state_to_linen(layer)
+  x = 5.0 + jnp.asarray(np.random.default_rng(0).normal(size=(4, 12, 3)), jnp.float32)
+  mask = (jnp.arange(12)[None, :, None] < jnp.asarray([12, 9, 7, 12])[:, None, None]
+          if masked else None)
+  y_future = jnp.asarray(np.random.default_rng(1).normal(size=(4, 5, 3)), jnp.float32)
+
+  def nnx_out(layer, x):
+    h, stats = layer(x, mask=mask)
+    return h, layer.denormalize(y_future + h[:, :5], stats)
+
+  def linen_out(variables, x):
+    h, stats = module.apply(variables, x, mask=mask)
+    return h, module.apply(variables, y_future + h[:, :5], stats,
+                           method=module.denormalize)
+
+  for got, want in zip(nnx_out(layer, x), linen_out(variables, x)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  loss_nnx = lambda layer, x: jnp.sum(nnx_out(layer, x)[1] ** 2)
+  loss_linen = lambda variables, x: jnp.sum(linen_out(variables, x)[1] ** 2)
+  grads_nnx, gx_nnx = nnx.grad(loss_nnx, argnums=(0, 1))(layer, x)
+  grads_linen, gx_linen = jax.grad(loss_linen, argnums=(0, 1))(variables, x)
+  np.testing.assert_allclose(gx_nnx, gx_linen, rtol=1e-4, atol=1e-4)
+  if affine:
+    for name in ("scale", "bias"):
+      np.testing.assert_allclose(grads_nnx[name][...], grads_linen["params"][name],
+                                 rtol=1e-4, atol=1e-4)
