@@ -56,6 +56,7 @@ QUICK_HIDDEN = (32, 16)    # compiles faster: the quick run is a smoke test of t
 DATA = "mnist1d"
 VARIANTS = {"BN": "batch", "DBN": "dbn", "IterNorm": "iternorm"}
 WHITENED = ("DBN", "IterNorm")
+COLORS = ("tab:blue", "tab:orange", "tab:green")  # one per variant, in every panel
 
 # ----------------------------------------------------------------- criterion (fixed)
 FINAL_FRACTION = 0.1       # "final": mean over the last 10% of evaluations
@@ -361,11 +362,11 @@ def _measure(pops) -> dict:
 
 def _curves_figure(path, pops, m, learning_rates, numbers, title):
   with plots.figure(path, title, ncols=2, size=(5.4, 3.9)) as (ax_loss, ax_acc):
-    for label, pop in pops.items():
+    for color, (label, pop) in zip(COLORS, pops.items()):
       seeds = pop.curves["train_loss"].shape[1]
-      plots.band(ax_loss, pop.steps[1:], pop.curves["train_loss"][m, :, 1:],
+      plots.band(ax_loss, pop.steps[1:], pop.curves["train_loss"][m, :, 1:], color=color,
                  label=f"{label} (mean ± std, {seeds} seeds)")
-      plots.band(ax_acc, pop.steps[1:], pop.curves["test_accuracy"][m, :, 1:],
+      plots.band(ax_acc, pop.steps[1:], pop.curves["test_accuracy"][m, :, 1:], color=color,
                  label=f"{label} (mean ± std, {seeds} seeds)")
     target = float(np.mean(numbers["target_loss"][m]))
     ax_loss.axhline(target, color="gray", linestyle="--", linewidth=1,
@@ -380,15 +381,16 @@ def _curves_figure(path, pops, m, learning_rates, numbers, title):
 
 def _summary_figure(path, pops, learning_rates, numbers, title):
   with plots.figure(path, title, ncols=2, size=(5.2, 3.8)) as (ax_lr, ax_corr):
-    for label in pops:
-      plots.band(ax_lr, learning_rates, numbers[label]["final"].T, label=label, marker="o")
+    for color, label in zip(COLORS, pops):
+      plots.band(ax_lr, learning_rates, numbers[label]["final"].T, label=label, marker="o",
+                 color=color)
     plots.label(ax_lr, x="learning rate (log scale)",
                 y=f"final test accuracy (last {FINAL_FRACTION:.0%} of evals)",
                 title="(a) final accuracy over the learning-rate grid", logx=True)
-    for label, pop in pops.items():
-      m = int(np.argmax(np.mean(numbers["BN"]["final"], axis=1)))
+    m = int(np.argmax(np.mean(numbers["BN"]["final"], axis=1)))
+    for color, (label, pop) in zip(COLORS, pops.items()):
       for key, style in (("corr_within", "-"), ("corr_all", ":")):
-        plots.band(ax_corr, pop.steps, pop.probes[key][m], linestyle=style,
+        plots.band(ax_corr, pop.steps, pop.probes[key][m], linestyle=style, color=color,
                    label=f"{label}, {'within groups' if key == 'corr_within' else 'all pairs'}")
     plots.label(ax_corr, x="training step",
                 y="mean |correlation| between features",
