@@ -16,7 +16,7 @@ import importlib
 #: network): it makes no claim of its own and is not part of the report.
 _MODULES = ("seed_mlp", "bn_fig1", "lr_sweep", "ics", "depth_gradients", "placement",
             "mnist1d_baselines", "variance_shift", "small_batch", "regularization",
-            "mc_dropout", "freeze_bn", "rnn_norm")
+            "mc_dropout", "freeze_bn", "rnn_norm", "whitening")
 
 EXPERIMENTS = {module.NAME: module for module in (
     importlib.import_module(f"{__name__}.{name}") for name in _MODULES)}

@@ -7,7 +7,8 @@ in float32), the same modes (``model.train()``, ``model.eval()``, ``nnx.view``) 
 dropout, the same masks for the same ``nnx.Rngs``. The rest of the family
 (``BatchRenorm``, ``GhostBatchNorm``, ``SwitchNorm``, ``EvoNormB0``/``EvoNormS0``,
 ``SpatialDropout``, ``DropPath``, ``AlphaDropout``, ``GaussianDropout``,
-``ClassicDropout``, ``DropConnectLinear``, ``ConcreteDropoutLinear``) follows the same
+``ClassicDropout``, ``DropConnectLinear``, ``ConcreteDropoutLinear``,
+``DecorrelatedBatchNorm``, ``IterNorm``, ``RevIN``) follows the same
 conventions and the variable names of :mod:`jaxnorm.linen`, so :func:`state_from_linen`
 and :func:`state_to_linen` move checkpoints between the two front-ends.
 
@@ -42,10 +43,13 @@ from jaxnorm.nnx.stochastic import (
     AlphaDropout, ClassicDropout, ConcreteDropoutLinear, DropConnectLinear, DropPath, Dropout,
     GaussianDropout, SpatialDropout)
 from jaxnorm.nnx.variants import BatchRenorm, EvoNormB0, EvoNormS0, GhostBatchNorm, SwitchNorm
+from jaxnorm.nnx.revin import RevIN
+from jaxnorm.nnx.whitening import DecorrelatedBatchNorm, IterNorm
 
 __all__ = [
     "AlphaDropout", "BatchNorm", "BatchRenorm", "ClassicDropout", "ConcreteDropoutLinear",
-    "DropConnectLinear", "DropPath", "Dropout", "EvoNormB0", "EvoNormS0", "GaussianDropout",
-    "GhostBatchNorm", "GroupNorm", "InstanceNorm", "LayerNorm", "RMSNorm", "SpatialDropout",
+    "DecorrelatedBatchNorm", "DropConnectLinear", "DropPath", "Dropout", "EvoNormB0",
+    "EvoNormS0", "GaussianDropout", "GhostBatchNorm", "GroupNorm", "InstanceNorm",
+    "IterNorm", "LayerNorm", "RMSNorm", "RevIN", "SpatialDropout",
     "SwitchNorm", "state_from_linen", "state_to_linen",
 ]
