@@ -65,6 +65,9 @@ class _KeyedNoise(nn.Module):
   def _key(self, deterministic):
     """The key for this call, or None when no noise is applied."""
     deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
+    _checks.check_in_unit_interval(
+        self.rate, name="rate", fn=f"jaxnorm.linen.{type(self).__name__}",
+        hint=" rate is the probability of dropping, not of keeping.")
     if deterministic or _checks.concrete_float(self.rate) == 0.0:
       return None
     return self.make_rng(self.rng_collection)
@@ -153,6 +156,8 @@ class DropConnectDense(nn.Module):
   @nn.compact
   def __call__(self, inputs, deterministic: bool | None = None):
     deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
+    _checks.check_in_unit_interval(self.rate, name="rate",
+                                   fn="jaxnorm.linen.DropConnectDense")
     kernel = self.param("kernel", self.kernel_init, (inputs.shape[-1], self.features),
                         self.param_dtype)
     if not deterministic:
@@ -185,9 +190,9 @@ class ConcreteDropoutDense(nn.Module):
   @nn.compact
   def __call__(self, inputs, deterministic: bool | None = None):
     deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
-    if not 0.0 < self.init_rate < 1.0:
-      raise ValueError(f"jaxnorm.linen.ConcreteDropoutDense: init_rate must be in the open "
-                       f"interval (0, 1) (its logit is learned); got {self.init_rate!r}.")
+    _checks.check_range(self.init_rate, name="init_rate",
+                        fn="jaxnorm.linen.ConcreteDropoutDense", low=0.0, high=1.0,
+                        low_open=True, high_open=True, hint=" Its logit is learned.")
     init_logit = math.log(self.init_rate) - math.log1p(-self.init_rate)
     logit = self.param("dropout_logit", nn.initializers.constant(init_logit), ())
     dense = nn.Dense(self.features, name="dense")
