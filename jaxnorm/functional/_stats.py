@@ -5,11 +5,13 @@ keep-dims core :func:`masked_moments` / :func:`centred_moments`); they differ on
 the axes they reduce.
 
 Each group of values is brought to a common scale before anything is squared:
-``c = x * 2**-E - k`` with ``2**E`` just above the group's largest valid magnitude and
-``k`` a shift near the group's mean (in the same units). Multiplying by a power of two
-is exact, ``|c| < 2`` for every valid value, so no square overflows or underflows
-whatever the magnitude of ``x`` (std 1e30 or 1e-30, subnormals), and the shifted
-one-pass sums keep the variance of data with ``|mean| >> std``.
+``c = x * 2**-E - k`` with ``2**E`` just above the largest magnitude of a small
+subsample of the group and ``k`` a shift near the group's mean (in the same units).
+Multiplying by a power of two is exact, so data of any magnitude (std 1e30 or 1e-30,
+subnormals) keeps its precision, and the shifted one-pass sums keep the variance of data
+with ``|mean| >> std``. Values far beyond the subsample (more than ``2**62`` times its
+largest) would overflow the sum of squares; that is detected on the sums and repaired
+by a second pass in units ``2**F`` times larger (``lax.cond``: free when not needed).
 """
 
 from __future__ import annotations
@@ -127,51 +129,62 @@ def abs_square(z: jax.Array) -> jax.Array:
   return sum(jnp.square(p) for p in _parts(z))
 
 
-def _scale_exponent(x: jax.Array, axes, mask) -> jax.Array:
-  """Per group, ``E`` with ``2**E`` above the largest valid ``|x|`` (``max(|re|, |im|)``
-  for complex); 0 for a group without valid values."""
-  magnitude = jnp.abs(x) if not jnp.iscomplexobj(x) else jnp.maximum(
-      jnp.abs(x.real), jnp.abs(x.imag))
-  if mask is not None:
-    magnitude = jnp.where(mask, magnitude, jnp.zeros((), magnitude.dtype))
-  largest = jnp.max(magnitude, axis=axes, keepdims=True, initial=0)
-  return _exponent_above(largest.astype(real_dtype(compute_dtype(x.dtype))))
+def _magnitude(x: jax.Array) -> jax.Array:
+  """``|x|`` (``max(|re|, |im|)`` for complex ``x``), in ``x``'s dtype."""
+  if jnp.iscomplexobj(x):
+    return jnp.maximum(jnp.abs(x.real), jnp.abs(x.imag))
+  return jnp.abs(x)
 
 
-def _reference_point(x: jax.Array, axes: tuple[int, ...], mask, inv_scale) -> jax.Array:
-  """A cheap estimate of each group's mean in units of ``2**E``: the shift ``k``.
+def _reference_point(x: jax.Array, axes: tuple[int, ...], mask):
+  """Per group, ``(E, k)``: the scale exponent and the shift, from a cheap subsample.
 
-  The mean of a strided subsample of about 64 valid values per group (kept as size-1
-  axes), or the subsample's value itself when all its values are equal (so a constant
-  group is shifted exactly to 0); where the subsample holds no valid value, the first
-  valid value; 0 for a group with none. With shift ``k``,
-  ``sum((c)^2) - sum(c)^2 / n`` loses about ``eps * (mean - k)^2 / var`` relative
-  precision, so ``k`` must be within a few standard deviations of the mean: a subsample
-  mean is, even with an outlier in it. Complex values are handled per component.
+  ``2**E`` is just above the largest valid magnitude of a strided subsample of about 64
+  values per group (kept as size-1 axes), never below 1 (``E >= 0``: no value is ever
+  scaled up, so none can overflow). ``k`` (in units of ``2**E``) is the subsample's mean,
+  or its value itself when all its values are equal (so a constant group is shifted
+  exactly to 0); where the subsample holds no valid value, the first valid value; 0 for
+  a group with none. With shift ``k``, ``sum(c^2) - sum(c)^2 / n`` loses about
+  ``eps * (mean - k)^2 / var`` relative precision, so ``k`` must be within a few
+  standard deviations of the mean: a subsample mean is, even with an outlier in it.
+  Complex values are handled per component.
   """
   dtype = compute_dtype(x.dtype)
+  real = real_dtype(dtype)
   slices = _subsample_slices(x.shape, axes)
-  sample = x[slices].astype(dtype) * inv_scale
+  sample = x[slices].astype(dtype)
   if mask is None:
+    sample_mask = None
+    first = None
+  else:
+    sample_mask = jnp.broadcast_to(mask, tuple(
+        x.shape[a] if a in axes else mask.shape[a] for a in range(x.ndim)))[slices]
+    first = _first_valid(x, axes, mask).astype(dtype)
+  magnitude = _magnitude(sample)
+  if sample_mask is not None:
+    magnitude = jnp.where(sample_mask, magnitude, 0)
+  largest = jnp.max(magnitude, axis=axes, keepdims=True, initial=0)
+  if first is not None:
+    largest = jnp.maximum(largest, _magnitude(first))
+  exponent = jnp.maximum(_exponent_above(largest.astype(real)), 0)
+  sample = sample / pow2(exponent, real)
+  if sample_mask is None:
     def point(s):
       lo, hi = jnp.min(s, axes, keepdims=True), jnp.max(s, axes, keepdims=True)
       return jnp.where(lo == hi, hi, jnp.mean(s, axis=axes, keepdims=True))
-    return _join([point(s) for s in _parts(sample)], dtype)
-  sample_mask = jnp.broadcast_to(mask, tuple(
-      x.shape[a] if a in axes else mask.shape[a] for a in range(x.ndim)))[slices]
-  count = jnp.sum(sample_mask, axis=axes, keepdims=True, dtype=real_dtype(dtype))
+    return exponent, _join([point(s) for s in _parts(sample)], dtype)
+  count = jnp.sum(sample_mask, axis=axes, keepdims=True, dtype=real)
 
   def masked_point(s):
     inf = jnp.asarray(jnp.inf, s.dtype)
-    lo = jnp.min(jnp.where(sample_mask, s, inf), axes, keepdims=True)
-    hi = jnp.max(jnp.where(sample_mask, s, -inf), axes, keepdims=True)
+    lo = jnp.min(jnp.where(sample_mask, s, inf), axes, keepdims=True, initial=inf)
+    hi = jnp.max(jnp.where(sample_mask, s, -inf), axes, keepdims=True, initial=-inf)
     mean = jnp.sum(jnp.where(sample_mask, s, 0), axis=axes, keepdims=True) / jnp.maximum(
         count, 1)
     return jnp.where(lo == hi, hi, mean)
 
   point = _join([masked_point(s) for s in _parts(sample)], dtype)
-  first = _first_valid(x, axes, mask).astype(dtype) * inv_scale
-  return jnp.where(count > 0, point, first)
+  return exponent, jnp.where(count > 0, point, first / pow2(exponent, real))
 
 
 def _valid_count(x_shape, axes, mask, dtype) -> jax.Array:
@@ -186,10 +199,12 @@ def _valid_count(x_shape, axes, mask, dtype) -> jax.Array:
 class Moments(NamedTuple):
   """Statistics of each group, with kept dims.
 
-  The centred values are ``c = x * scale - shift`` (``scale = 2**-E``, exact), so
-  ``x - mean = (c - delta) / scale``; ``var_c`` is the variance in those units
-  (``var = var_c / scale**2``, which may overflow to inf for data with std > ~1e19 in
-  float32 while ``var_c`` stays exact). ``mean`` and ``var`` are in the units of ``x``
+  The centred values are ``c = x * scale - shift`` (``scale = 2**-E``, exact) and
+  ``delta`` is their mean, so ``x - mean = (c - delta) / scale``. ``var_c`` is the
+  variance of ``c * factor``: ``factor`` is 1 except for groups with values so far beyond
+  the subsample that ``sum(c^2)`` overflowed (then a power of two far below 1), so
+  ``var = var_c / (scale * factor)**2`` (which may overflow to inf, e.g. std > ~1e19 in
+  float32, while ``var_c`` stays exact). ``mean`` and ``var`` are in the units of ``x``
   and identical on every device after a cross-device merge.
   """
 
@@ -200,6 +215,7 @@ class Moments(NamedTuple):
   count: jax.Array
   scale: jax.Array
   var_c: jax.Array
+  factor: jax.Array
 
 
 def psum(value, axis_name, axis_index_groups):
@@ -221,8 +237,8 @@ def _common_reference(exponent, shift, has_values, axis_name, axis_index_groups,
   unscaled = [jnp.where(has_values, p * local_scale, neg_inf) for p in _parts(shift)]
   exponent, unscaled = lax.pmax((exponent, unscaled), axis_name,
                                 axis_index_groups=axis_index_groups)
-  inv_scale = pow2(-exponent, real)
-  shift = _join([jnp.where(jnp.isfinite(u), u, 0) * inv_scale for u in unscaled], dtype)
+  scale = pow2(exponent, real)
+  shift = _join([jnp.where(jnp.isfinite(u), u, 0) / scale for u in unscaled], dtype)
   return exponent, shift
 
 
@@ -236,10 +252,12 @@ def centred_moments(
 ) -> tuple[jax.Array, Moments]:
   """``(c, stats)`` with ``c = x * stats.scale - stats.shift`` in the statistics' dtype.
 
-  One pass over ``x`` for the largest valid magnitude of each group (its power of two
-  is the scale), one over the scaled, shifted values ``c`` for ``S1 = sum(c)`` and
-  ``S2 = sum(|c|^2)`` over the valid elements: ``delta = S1 / n``,
-  ``var_c = max(S2 - S1 conj(delta), 0) / n``. All in at least float32; groups with no
+  The scale and shift come from a subsample (:func:`_reference_point`); one pass over
+  the scaled, shifted values ``c`` gives ``S1 = sum(c)`` and ``S2 = sum(|c|^2)`` over
+  the valid elements: ``delta = S1 / n``, ``var_c = max(S2 - S1 conj(delta), 0) / n``.
+  If a group's ``S2`` overflowed (values far beyond the subsample), that group's sums
+  are taken again in larger units (``lax.cond``; under ``jax.vmap`` it becomes a select,
+  so this second pass is always paid there). All in at least float32; groups with no
   valid element give mean 0 and variance 0. With ``center=False`` the moments are about
   zero (no shift, mean 0, ``var = mean(|x|^2)``, as RMS norm needs). With
   ``axis_name`` the devices first agree on one scale and one shift (one ``pmax``), then
@@ -254,43 +272,68 @@ def centred_moments(
   if x.size == 0:  # no value anywhere (every device alike): empty groups, or no group
     kept = tuple(1 if a in axes else n for a, n in enumerate(x.shape))
     zeros, ones = jnp.zeros(kept, dtype), jnp.ones(kept, real)
-    return x.astype(dtype), Moments(zeros, zeros, zeros, ones.real * 0, ones * 0, ones,
-                                    ones * 0)
+    return x.astype(dtype), Moments(zeros, zeros, zeros, ones * 0, ones * 0, ones,
+                                    ones * 0, ones)
   count = _valid_count(x.shape, axes, mask, real)
-  exponent = lax.stop_gradient(_scale_exponent(x, axes, mask))
   if axis_name is not None:
     _checks.check_axis_name(axis_name, fn="jaxnorm")
-  if center:
-    shift = lax.stop_gradient(_reference_point(x, axes, mask, pow2(-exponent, real)))
-    if axis_name is not None:
-      exponent, shift = _common_reference(
-          exponent, shift, jnp.broadcast_to(count, exponent.shape) > 0, axis_name,
-          axis_index_groups, dtype)
+  exponent, shift = _reference_point(x, axes, mask)
+  if axis_name is not None and center:
+    exponent, shift = _common_reference(
+        exponent, shift, jnp.broadcast_to(count, exponent.shape) > 0, axis_name,
+        axis_index_groups, dtype)
   elif axis_name is not None:
     exponent = lax.pmax(exponent, axis_name, axis_index_groups=axis_index_groups)
-  exponent = lax.stop_gradient(exponent)
-  inv_scale = pow2(-exponent, real)
-  centred = x.astype(dtype) * inv_scale
-  if center:
-    centred = centred - shift
-  valid = centred if mask is None else jnp.where(mask, centred, 0)
-  s2 = jnp.sum(abs_square(valid), axis=axes, keepdims=True)
-  s1 = jnp.sum(valid, axis=axes, keepdims=True) if center else None
-  if axis_name is not None:
-    count, s1, s2 = lax.psum((jnp.broadcast_to(count, s2.shape), s1, s2), axis_name,
-                             axis_index_groups=axis_index_groups)
+  exponent, shift = lax.stop_gradient((exponent, shift))
+  # 1 / 2**E (exact) rather than 2**-E: XLA keeps a division out of the loops over x,
+  # where it would otherwise recompute the bit tricks for every element.
+  inv_scale = 1 / pow2(exponent, real)
+  if not center:
+    shift = jnp.zeros_like(shift)
+
+  def valid_values(x, factor=1.0):
+    centred = x.astype(dtype) * (inv_scale * factor)
+    if center:
+      centred = centred - shift * factor
+    return centred, (centred if mask is None else jnp.where(mask, centred, 0))
+
+  centred, valid = valid_values(x)
+
+  def sums(values, count):
+    s2 = jnp.sum(abs_square(values), axis=axes, keepdims=True)
+    s1 = jnp.sum(values, axis=axes, keepdims=True) if center else jnp.zeros_like(shift)
+    if axis_name is not None:  # one collective for everything
+      count, s1, s2 = lax.psum((jnp.broadcast_to(count, s2.shape), s1, s2), axis_name,
+                               axis_index_groups=axis_index_groups)
+    return count, s1, s2
+
+  count, s1, s2 = sums(valid, count)
+  # Values more than ~2**62 times the subsample's largest overflow the sum of squares.
+  # Only then (one scalar test) sum again in units 2**F times larger; F is static and
+  # large enough that no square or sum of them can overflow, small enough that what
+  # underflows is negligible beside the values that overflowed.
+  overflow = jnp.logical_not(jnp.isfinite(s2))
+  info = jnp.finfo(real)
+  far = 2.0 ** -(info.maxexp // 2 + 21)
+
+  def rescaled(x):  # recomputed from x: no array of x's size outlives the main pass
+    _, f1, f2 = sums(valid_values(x, far)[1], jnp.zeros((), real))
+    return (jnp.where(overflow, f1, s1), jnp.where(overflow, f2, s2),
+            jnp.where(overflow, jnp.asarray(far, real), 1))
+
+  def unchanged(_):
+    return s1, s2, jnp.ones(s2.shape, real)
+
+  s1, s2, factor = lax.cond(jnp.any(overflow), rescaled, unchanged, x)
+  factor = lax.stop_gradient(factor)
   count = jnp.broadcast_to(count, s2.shape)
   safe_count = jnp.maximum(count, 1)
-  scale = pow2(exponent, real)
-  if center:
-    delta = s1 / safe_count
-    var_c = jnp.maximum(s2 - (s1 * jnp.conj(delta)).real, 0) / safe_count
-    mean = (shift + delta) * scale
-  else:
-    delta = shift = mean = jnp.zeros(s2.shape, dtype)
-    var_c = s2 / safe_count
-  var = var_c * scale * scale
-  return centred, Moments(shift, delta, mean, var, count, inv_scale, var_c)
+  delta = s1 / safe_count  # in units of c * factor
+  var_c = (jnp.maximum(s2 - (s1 * jnp.conj(delta)).real, 0) if center else s2) / safe_count
+  delta = delta / factor
+  mean = (shift + delta) / inv_scale
+  var = var_c / inv_scale / inv_scale / factor / factor
+  return centred, Moments(shift, delta, mean, var, count, inv_scale, var_c, factor)
 
 
 def masked_moments(

@@ -49,7 +49,7 @@ def _merge(stats, axes, unit):
   reference = shift[tuple(slice(0, 1) if a in axes else slice(None)
                          for a in range(shift.ndim))]
   offset = (shift - reference) + _convert(stats.delta, stats.scale, unit)
-  var = _convert(stats.var_c, stats.scale, unit, power=2)
+  var = _convert(stats.var_c, stats.scale * stats.factor, unit, power=2)
   count = stats.count
   total = jnp.sum(count, axis=axes, keepdims=True)
   safe = jnp.maximum(total, 1)
@@ -151,7 +151,7 @@ def switch_norm(
   mean = (w_mean[0] * _convert(instance_mean, instance.scale, unit)
           + w_mean[1] * _convert(ln_mean, ln_unit, unit)
           + w_mean[2] * _convert(bn_mean, bn_unit, unit))
-  var = (w_var[0] * _convert(instance.var_c, instance.scale, unit, 2)
+  var = (w_var[0] * _convert(instance.var_c, instance.scale * instance.factor, unit, 2)
          + w_var[1] * _convert(ln_var, ln_unit, unit, 2)
          + w_var[2] * _convert(bn_var, bn_unit, unit, 2))
   y = (x.astype(var.dtype) * unit - mean) * _rstd(var, unit, epsilon)
@@ -209,7 +209,8 @@ def evonorm_b0(
   xc = x.astype(unit.dtype) * unit
   v = jnp.asarray(v, xc.dtype)
   batch_std = 1 / _rstd(_convert(batch_var, bn_unit, unit, 2), unit, epsilon)
-  instance_std = 1 / _rstd(_convert(instance.var_c, instance.scale, unit, 2), unit, epsilon)
+  instance_std = 1 / _rstd(
+      _convert(instance.var_c, instance.scale * instance.factor, unit, 2), unit, epsilon)
   denominator = jnp.maximum(batch_std, v * xc + instance_std)
   y = _restore_padding(_affine(xc / denominator, scale, bias), bad)
   return y.astype(x.dtype), new_stats
@@ -256,7 +257,7 @@ def evonorm_s0(
     return t.reshape(t.shape[:-2] + (channels,))
 
   unit = per_channel(group.scale)
-  rstd = per_channel(_rstd(group.var_c, group.scale, epsilon))
+  rstd = per_channel(_rstd(group.var_c, group.scale * group.factor, epsilon) * group.factor)
   xc = x.astype(unit.dtype)
   y = jax.nn.sigmoid(jnp.asarray(v, xc.dtype) * xc) * (xc * unit) * rstd
   return _restore_padding(_affine(y, scale, bias), bad).astype(x.dtype)

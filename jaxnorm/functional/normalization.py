@@ -75,10 +75,11 @@ def _rstd(var_c, inv_scale, epsilon):
   """
   info = jnp.finfo(var_c.dtype)
   epsilon_c = epsilon * inv_scale * inv_scale
-  in_units = lax.rsqrt(jnp.maximum(var_c + epsilon_c, info.tiny))
+  in_units = jnp.sqrt(jnp.maximum(var_c + epsilon_c, info.tiny))
   scale = 1 / inv_scale  # exact: a power of two
-  factored = scale * lax.rsqrt(var_c * scale * scale + epsilon)
-  return jnp.where(jnp.isfinite(epsilon_c), in_units, factored)
+  factored = jnp.sqrt(var_c * scale * scale + epsilon) * inv_scale
+  # A division last: XLA keeps it out of the loops over x (no per-element recompute).
+  return 1 / jnp.where(jnp.isfinite(epsilon_c), in_units, factored)
 
 
 def _normalize_forward(x, scale, bias, mask, reduce_axes, epsilon, axis_name,
@@ -93,11 +94,12 @@ def _normalize_forward(x, scale, bias, mask, reduce_axes, epsilon, axis_name,
   centred, stats = centred_moments(x, reduce_axes, mask, axis_name, axis_index_groups,
                                    center)
   centred, bad = _guard_padding(centred, mask)
-  rstd = _rstd(stats.var_c, stats.scale, epsilon)
+  rstd = _rstd(stats.var_c, stats.scale * stats.factor, epsilon) * stats.factor
   y = _standardize_affine(centred - stats.delta, rstd, scale, bias)
   y = _restore_padding(y, bad).astype(_output_dtype(x, scale, bias))
   # Residuals: c (one array of x's size, in x's dtype when x is narrower than the
-  # statistics) plus per-group vectors. x itself is not kept.
+  # statistics) plus per-group vectors. x itself is not kept. (Keeping x - mean instead
+  # would make XLA write both arrays.)
   keep = centred.astype(x.dtype) if jnp.dtype(x.dtype).itemsize < 4 else centred
   residuals = _Residuals(keep, rstd, stats.delta, stats.count, stats.scale, scale, mask,
                          bad)
@@ -121,7 +123,7 @@ def _normalize_linear(residuals: _Residuals, dx, dscale, dbias, reduce_axes, axi
     d\hat x = r (t - d\delta) - \hat x u, \quad
     dy = \gamma\, d\hat x + \hat x\, d\gamma + d\beta
 
-  written as ``gamma * (r * t) + c * A + B`` with per-group tangents ``A`` and ``B``,
+  written as ``c * A + gamma * r * t + B`` with per-group tangents ``A`` and ``B``,
   so that the only array of ``x``'s size it reads is ``c``. JAX transposes it into the
   closed-form VJP: for batch norm, two reductions (``sum(dy)`` and ``sum(dy * c)``) and
   one elementwise pass; nothing else of ``x``'s size is kept. The tangents of the
@@ -138,7 +140,11 @@ def _normalize_linear(residuals: _Residuals, dx, dscale, dbias, reduce_axes, axi
       sums = lax.psum(sums, axis_name, axis_index_groups=axis_index_groups)
     return sums
 
-  coefficient, offset, direct = None, None, None
+  # gamma constant over the reduced axes (batch norm): fold it into the per-group
+  # tangents. gamma varying along them (layer norm): multiply once, outside, so that the
+  # transpose forms gamma * dy once and its reductions read no broadcast operand.
+  gamma_outside = gamma is not None and not all(gamma.shape[a] == 1 for a in reduce_axes)
+  dy = None
   dmean = dvar = jnp.zeros(rstd.shape, dtype)
 
   def add(total, term):
@@ -152,29 +158,20 @@ def _normalize_linear(residuals: _Residuals, dx, dscale, dbias, reduce_axes, axi
       d_delta = sum_t / n
       dm2 = sum_ct - (jnp.conj(delta) * sum_t).real  # d(var_c) = 2 dm2 / n
     else:
-      (sum_ct,) = reduce((jnp.conj(c) * valid).real)
+      (dm2,) = reduce((jnp.conj(c) * valid).real)
       d_delta = jnp.zeros(rstd.shape, dtype)
-      dm2 = sum_ct
     u = rstd * (rstd * dm2 / n)
-    direct = rstd * t
-    coefficient = -(rstd * u)
-    offset = delta * (rstd * u) - rstd * d_delta
-    if gamma is not None:
-      direct = gamma * direct
-      coefficient = gamma * coefficient
-      offset = gamma * offset
+    gain = rstd if gamma is None or gamma_outside else gamma * rstd
+    # d xhat = r (t - d_delta) - xhat u, xhat = (c - delta) r (times gamma if folded in)
+    dy = c * -(gain * u) + gain * (delta * u - d_delta) + gain * t
+    if gamma_outside:
+      dy = gamma * dy
     dmean = d_delta / inv_scale
     dvar = 2 * dm2 / n / inv_scale / inv_scale
   if not _is_zero(dscale):  # xhat * dscale = c * (r dscale) - delta r dscale
-    coefficient = add(coefficient, rstd * dscale)
-    offset = add(offset, -(delta * rstd) * dscale)
+    dy = add(dy, c * (rstd * dscale) - (delta * rstd) * dscale)
   if not _is_zero(dbias):
-    offset = add(offset, dbias)
-  dy = direct
-  if coefficient is not None:
-    dy = add(dy, c * coefficient)
-  if offset is not None:
-    dy = add(dy, offset)
+    dy = add(dy, dbias)
   if dy is None:
     dy = jnp.zeros(c.shape, dtype)
   dy = jnp.broadcast_to(dy, c.shape)
