@@ -143,9 +143,10 @@ def check_epsilon(epsilon: Any, *, fn: str, dtype: Any) -> float:
   """Returns ``epsilon`` as a Python float after checking it for a computation in ``dtype``.
 
   It must be a constant (it is part of the compiled computation), a real number, finite
-  and at least the smallest normal number of the dtype the statistics are computed in
-  (float32 for half-precision and float32 inputs): smaller values are flushed to zero
-  on accelerators and would not keep ``1 / sqrt(var + epsilon)`` finite.
+  and at least ``finfo.tiny / finfo.eps**2`` of the dtype the statistics are computed in
+  (float32 for half-precision and float32 inputs: about 8e-25): XLA flushes numbers
+  below ``finfo.tiny`` to zero, and a smaller epsilon would no longer dominate what that
+  flush can lose from a sum of squares.
   """
   if isinstance(epsilon, jax.core.Tracer):
     raise TypeError(
@@ -159,11 +160,13 @@ def check_epsilon(epsilon: Any, *, fn: str, dtype: Any) -> float:
   hint = " It keeps 1/sqrt(var + epsilon) finite; 1e-5 is usual."
   check_range(value, name="epsilon", fn=fn, low=0.0, low_open=True, finite=True, hint=hint)
   info = jnp.finfo(jnp.promote_types(dtype, jnp.float32))
-  if not float(info.tiny) <= value <= float(info.max):
+  smallest = float(info.tiny) / float(info.eps) ** 2
+  if not smallest <= value <= float(info.max):
     raise ValueError(
-        f"{fn}: epsilon={value!r} is outside the normal range of {info.dtype} "
-        f"[{float(info.tiny):.3g}, {float(info.max):.3g}], the dtype the statistics are "
-        f"computed in: it would be flushed to 0 or overflow.{hint}")
+        f"{fn}: epsilon={value!r} is outside [{smallest:.3g}, {float(info.max):.3g}], the "
+        f"range it can have in {info.dtype}, the dtype the statistics are computed in: "
+        f"below it, values that {info.dtype} flushes to zero would matter next to "
+        f"epsilon; above it, it overflows.{hint}")
   return value
 
 

@@ -40,10 +40,11 @@ def _convert(value, from_unit, to_unit, power=1):
 
 
 def _merge(stats, axes, unit):
-  """Exact merge over ``axes`` of per-group moments: ``(count, mean, var)`` in ``unit``.
+  """Exact merge over ``axes`` of per-group moments, in ``unit``.
 
-  The means are taken relative to the shift of the first group (a value of the data),
-  so that the spread of the group means keeps its precision on data with a large mean.
+  Returns ``(count, reference, offset, var)`` with mean ``reference + offset``: the
+  means are taken relative to the shift of the first group (a value of the data), so
+  that the spread of the group means keeps its precision on data with a large mean.
   """
   shift = _convert(stats.shift, stats.scale, unit)
   reference = shift[tuple(slice(0, 1) if a in axes else slice(None)
@@ -56,7 +57,7 @@ def _merge(stats, axes, unit):
   merged = jnp.sum(count * offset, axis=axes, keepdims=True) / safe
   merged_var = jnp.sum(count * (var + jnp.square(offset - merged)), axis=axes,
                        keepdims=True) / safe
-  return total, reference + merged, merged_var
+  return total, reference, merged, merged_var
 
 
 def _unit_of(mean, var):
@@ -131,30 +132,35 @@ def switch_norm(
     check_batch_values(fn, x.shape, tuple(range(x.ndim - 1)), -1, mask, None)
   x, bad = _guard_padding(x, mask)
   instance = masked_moments(x, tuple(range(1, x.ndim - 1)), mask)
-  instance_mean = instance.shift + instance.delta
+  # Every mean as (reference, offset): mixed and subtracted relative to the instance
+  # shift, so that data with a large mean keeps its precision.
+  means = [(instance.scale, instance.shift, instance.delta)]
   ln_unit = _unit_over(instance, (x.ndim - 1,))
-  _, ln_mean, ln_var = _merge(instance, (x.ndim - 1,), ln_unit)
+  _, ln_reference, ln_offset, ln_var = _merge(instance, (x.ndim - 1,), ln_unit)
+  means.append((ln_unit, ln_reference, ln_offset))
   if train:
     bn_unit = _unit_over(instance, (0,))
-    bn_count, bn_mean, bn_var = _merge(instance, (0,), bn_unit)
-    new_stats = ema_update(stats, bn_mean / bn_unit, bn_var / bn_unit / bn_unit, bn_count,
-                           momentum)
+    bn_count, bn_reference, bn_offset, bn_var = _merge(instance, (0,), bn_unit)
+    new_stats = ema_update(stats, (bn_reference + bn_offset) / bn_unit,
+                           bn_var / bn_unit / bn_unit, bn_count, momentum)
   else:
     shape = (1,) * (x.ndim - 1) + feature_shape
     bn_unit = _unit_of(stats.mean.reshape(shape), stats.var.reshape(shape))
-    bn_mean = stats.mean.reshape(shape) * bn_unit
+    bn_reference, bn_offset = stats.mean.reshape(shape) * bn_unit, 0.0
     bn_var = stats.var.reshape(shape) * bn_unit * bn_unit
     new_stats = stats
+  means.append((bn_unit, bn_reference, bn_offset))
   unit = jnp.minimum(jnp.minimum(instance.scale, ln_unit), bn_unit)
   w_mean = jax.nn.softmax(jnp.asarray(mean_weights, instance.var_c.dtype))
   w_var = jax.nn.softmax(jnp.asarray(var_weights, instance.var_c.dtype))
-  mean = (w_mean[0] * _convert(instance_mean, instance.scale, unit)
-          + w_mean[1] * _convert(ln_mean, ln_unit, unit)
-          + w_mean[2] * _convert(bn_mean, bn_unit, unit))
+  shift = _convert(instance.shift, instance.scale, unit)
+  mean = sum(w * ((_convert(reference, from_unit, unit) - shift)
+                  + _convert(offset, from_unit, unit))
+             for w, (from_unit, reference, offset) in zip(w_mean, means))
   var = (w_var[0] * _convert(instance.var_c, instance.scale * instance.factor, unit, 2)
          + w_var[1] * _convert(ln_var, ln_unit, unit, 2)
          + w_var[2] * _convert(bn_var, bn_unit, unit, 2))
-  y = (x.astype(var.dtype) * unit - mean) * _rstd(var, unit, epsilon)
+  y = ((x.astype(var.dtype) * unit - shift) - mean) * _rstd(var, unit, epsilon)
   return _restore_padding(_affine(y, scale, bias), bad).astype(x.dtype), new_stats
 
 
@@ -197,9 +203,9 @@ def evonorm_b0(
   instance = masked_moments(x, tuple(range(1, x.ndim - 1)), mask)
   if train:
     bn_unit = _unit_over(instance, (0,))
-    count, batch_mean, batch_var = _merge(instance, (0,), bn_unit)
-    new_stats = ema_update(stats, batch_mean / bn_unit, batch_var / bn_unit / bn_unit,
-                           count, momentum)
+    count, reference, offset, batch_var = _merge(instance, (0,), bn_unit)
+    new_stats = ema_update(stats, (reference + offset) / bn_unit,
+                           batch_var / bn_unit / bn_unit, count, momentum)
   else:
     running_var = stats.var.reshape((1,) * (x.ndim - 1) + feature_shape)
     bn_unit = _unit_of(jnp.zeros_like(running_var), running_var)

@@ -68,18 +68,21 @@ def _standardize_affine(centred, rstd, scale, bias):
 def _rstd(var_c, inv_scale, epsilon):
   """``1 / sqrt(var + epsilon)`` in the units of ``c = x * inv_scale - shift``.
 
-  ``epsilon`` in those units is ``epsilon * inv_scale**2``; where that overflows (data
-  far below 1), the scale is taken out of the root instead. ``var_c + epsilon_c`` is kept
-  above the smallest normal number so that a constant group (variance 0, epsilon
-  negligible at its scale) gives 0, never 0 * inf.
+  ``epsilon`` in those units is ``epsilon * inv_scale**2``. Where that overflows (data
+  far below 1) or where ``var_c + epsilon_c`` underflows (a constant group of data far
+  above 1, where epsilon alone sets the result), the scale is taken out of the root
+  instead: ``sqrt(var + epsilon) * inv_scale`` with ``var = var_c / inv_scale**2``.
   """
   info = jnp.finfo(var_c.dtype)
   epsilon_c = epsilon * inv_scale * inv_scale
-  in_units = jnp.sqrt(jnp.maximum(var_c + epsilon_c, info.tiny))
+  total = var_c + epsilon_c
+  in_units = jnp.sqrt(jnp.maximum(total, info.tiny))
   scale = 1 / inv_scale  # exact: a power of two
   factored = jnp.sqrt(var_c * scale * scale + epsilon) * inv_scale
-  # A division last: XLA keeps it out of the loops over x (no per-element recompute).
-  return 1 / jnp.where(jnp.isfinite(epsilon_c), in_units, factored)
+  std = jnp.where(jnp.isfinite(epsilon_c) & (total >= info.tiny), in_units, factored)
+  # At most 1 / tiny: a constant group (c - delta = 0) gives 0, never 0 * inf. A
+  # division last: XLA keeps it out of the loops over x (no per-element recompute).
+  return 1 / jnp.maximum(std, info.tiny)
 
 
 def _normalize_forward(x, scale, bias, mask, reduce_axes, epsilon, axis_name,
