@@ -66,6 +66,13 @@ def _unit_of(mean, var):
   return pow2(-_exponent_above(magnitude), magnitude.dtype)
 
 
+def _guard_normalized(y, bad, mask):
+  """Padding whose normalized value overflowed (finite but huge) is guarded like NaN
+  padding: 0 in the affine part and its gradient, NaN in the output."""
+  y, overflowed = _guard_padding(y, mask)
+  return y, bad if overflowed is None else (bad | overflowed)
+
+
 def _affine(y, scale, bias):
   if scale is not None:
     y = y * scale.astype(y.dtype)
@@ -161,6 +168,7 @@ def switch_norm(
          + w_var[1] * _convert(ln_var, ln_unit, unit, 2)
          + w_var[2] * _convert(bn_var, bn_unit, unit, 2))
   y = ((x.astype(var.dtype) * unit - shift) - mean) * _rstd(var, unit, epsilon)
+  y, bad = _guard_normalized(y, bad, mask)
   return _restore_padding(_affine(y, scale, bias), bad).astype(x.dtype), new_stats
 
 
@@ -218,7 +226,8 @@ def evonorm_b0(
   instance_std = 1 / _rstd(
       _convert(instance.var_c, instance.scale * instance.factor, unit, 2), unit, epsilon)
   denominator = jnp.maximum(batch_std, v * xc + instance_std)
-  y = _restore_padding(_affine(xc / denominator, scale, bias), bad)
+  y, bad = _guard_normalized(xc / denominator, bad, mask)
+  y = _restore_padding(_affine(y, scale, bias), bad)
   return y.astype(x.dtype), new_stats
 
 
@@ -266,4 +275,5 @@ def evonorm_s0(
   rstd = per_channel(_rstd(group.var_c, group.scale * group.factor, epsilon) * group.factor)
   xc = x.astype(unit.dtype)
   y = jax.nn.sigmoid(jnp.asarray(v, xc.dtype) * xc) * (xc * unit) * rstd
+  y, bad = _guard_normalized(y, bad, mask)
   return _restore_padding(_affine(y, scale, bias), bad).astype(x.dtype)
