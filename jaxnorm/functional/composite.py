@@ -29,7 +29,7 @@ def _unit_over(stats, axes):
   """The unit (``2**-E``) of a merge over ``axes``: the largest ``E`` of the groups
   with valid values there (1 if none has any)."""
   unit = jnp.min(jnp.where(stats.count > 0, stats.scale, jnp.inf), axis=axes,
-                 keepdims=True)
+                 keepdims=True, initial=jnp.inf)
   return jnp.where(jnp.isfinite(unit), unit, 1)
 
 
@@ -47,8 +47,10 @@ def _merge(stats, axes, unit):
   that the spread of the group means keeps its precision on data with a large mean.
   """
   shift = _convert(stats.shift, stats.scale, unit)
+  kept = tuple(1 if a in axes else n for a, n in enumerate(shift.shape))
   reference = shift[tuple(slice(0, 1) if a in axes else slice(None)
-                         for a in range(shift.ndim))]
+                         for a in range(shift.ndim))] if shift.size else jnp.zeros(
+                             kept, shift.dtype)
   offset = (shift - reference) + _convert(stats.delta, stats.scale, unit)
   var = _convert(stats.var_c, stats.scale * stats.factor, unit, power=2)
   count = stats.count

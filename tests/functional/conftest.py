@@ -163,7 +163,7 @@ def grad64(fn, args, argnums=0):
   with jax.enable_x64(True):
     args64 = tuple(_as_jax64(a) for a in args)
     out = jax.jit(jax.grad(fn, argnums=argnums))(*args64)
-    return jax.tree.map(lambda g: np.asarray(g, np.float64), out)
+    return jax.tree.map(to64, out)
 
 
 def hessian64(fn, args, argnums=0):
@@ -171,14 +171,14 @@ def hessian64(fn, args, argnums=0):
   with jax.enable_x64(True):
     args64 = tuple(_as_jax64(a) for a in args)
     out = jax.jit(jax.hessian(fn, argnums=argnums))(*args64)
-    return jax.tree.map(lambda g: np.asarray(g, np.float64), out)
+    return jax.tree.map(to64, out)
 
 
 def call64(fn, args):
   """``fn(*args)`` in float64 (x64 enabled locally), outputs as NumPy float64."""
   with jax.enable_x64(True):
     args64 = tuple(_as_jax64(a) for a in args)
-    return jax.tree.map(lambda g: np.asarray(g, np.float64), jax.jit(fn)(*args64))
+    return jax.tree.map(to64, jax.jit(fn)(*args64))
 
 
 def _as_jax64(a):
