@@ -78,6 +78,8 @@ def batch_renorm(
   schedules of the step (e.g. ``optax.linear_schedule(1.0, 3.0, 20_000, 5_000)``), the
   step being kept in ``stats``. For ``step < warmup_steps``, ``r = 1, d = 0``: plain
   batch norm. Evaluation normalizes with the running statistics, as batch norm.
+  Numerics, masks and transforms (forward and reverse mode) as in :func:`batch_norm`;
+  ``r_max``/``d_max`` may be ``inf`` (no clipping), never NaN.
 
   Returns:
     ``(y, new_stats)`` with the EMA-updated statistics and ``step + 1`` in training.
@@ -148,7 +150,8 @@ def ghost_batch_norm(
   of ``V = virtual_batch_size`` examples, each normalized with its own statistics as
   :func:`batch_norm` does. The running statistics are updated once per call from all
   virtual batches: with the pooled mean and variance of the whole batch (their exact
-  merge), which is what evaluation normalizes with.
+  merge), which is what evaluation normalizes with. Numerics, masks and transforms
+  (forward and reverse mode) as in :func:`batch_norm`.
 
   References:
     Hoffer, Hubara & Soudry, "Train longer, generalize better: closing the

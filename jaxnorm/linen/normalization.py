@@ -79,7 +79,10 @@ class BatchNorm(nn.Module):
     to evaluate a network whose running statistics were never trained; batches must
     then be large and i.i.d.
 
-  See :func:`jaxnorm.functional.batch_norm` for the math.
+  Like flax's, it accepts complex inputs (complex64 running mean after an update,
+  float32 running variance) and supports forward-mode derivatives (``jax.jvp``,
+  ``jax.jacfwd``, ``jax.hessian``) as well as reverse mode. See
+  :func:`jaxnorm.functional.batch_norm` for the math.
   """
 
   use_running_average: bool | None = None

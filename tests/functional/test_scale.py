@@ -1,8 +1,9 @@
 """Any finite input gives the right normalized output, whatever its magnitude.
 
 Data with std 1e20 or 1e30 (squares beyond float32), 1e-11 with an epsilon as small as
-allowed (1e-24: the variance matters), 1e-30 and subnormals (the output is tiny), data far from zero, outliers that a subsample
-misses, constant data, float16 and bfloat16: every normalization and ``moments`` are
+allowed (1e-24: the variance matters), 1e-30 and subnormals (the output is tiny), data
+far from zero, outliers that a subsample misses, constant data, float16 and bfloat16:
+every normalization and ``moments`` are
 compared with the float64 NumPy references of conftest.py (the same float32 input
 values, two-pass float64 statistics). Gradients at these scales are compared with JAX's
 derivative of the plain formula in float64.
