@@ -218,12 +218,6 @@ class Moments(NamedTuple):
   factor: jax.Array
 
 
-def psum(value, axis_name, axis_index_groups):
-  """``lax.psum`` that says which transform is missing when ``axis_name`` is unbound."""
-  _checks.check_axis_name(axis_name, fn="jaxnorm")
-  return lax.psum(value, axis_name, axis_index_groups=axis_index_groups)
-
-
 def _common_reference(exponent, shift, has_values, axis_name, axis_index_groups, dtype):
   """One scale and one shift for all devices of ``axis_name``: the largest exponent and
   the largest per-device shift (a value of the data, so a constant group stays exact).

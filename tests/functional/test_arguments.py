@@ -283,6 +283,14 @@ def test_wrong_kind(name, kw, error, fragments):
   _raises(error, name, *fragments, **kw)
 
 
+def test_r_drop_loss_shapes_and_kinds():
+  with pytest.raises(ValueError, match=r"r_drop_loss: logits_a and logits_b must have the "
+                     r"same shape.*got \(3,\) and \(4,\)"):
+    F.r_drop_loss(jnp.ones(3), jnp.ones(4))
+  with pytest.raises(TypeError, match=r"r_drop_loss: logits_a must be a floating-point"):
+    F.r_drop_loss(jnp.ones(3, jnp.int32), jnp.ones(3))
+
+
 def test_zero_dimensional_input():
   with pytest.raises(ValueError) as info:
     F.layer_norm(jnp.float32(1.0), None, None)

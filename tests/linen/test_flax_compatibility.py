@@ -134,11 +134,11 @@ def test_forward_mode_like_flax(make, x):
     return f
 
   t = _RNG.normal(size=x.shape).astype(np.float32)
-  _, dy_ours = jax.jvp(apply(ours), (x,), (t,))
-  _, dy_theirs = jax.jvp(apply(theirs), (x,), (t,))
+  _, dy_ours = jax.jit(lambda x, t: jax.jvp(apply(ours), (x,), (t,)))(x, t)
+  _, dy_theirs = jax.jit(lambda x, t: jax.jvp(apply(theirs), (x,), (t,)))(x, t)
   np.testing.assert_allclose(dy_ours, dy_theirs, rtol=1e-4, atol=1e-4)
-  h_ours = jax.hessian(lambda x: jnp.sum(jnp.sin(apply(ours)(x))))(x)
-  h_theirs = jax.hessian(lambda x: jnp.sum(jnp.sin(apply(theirs)(x))))(x)
+  h_ours = jax.jit(jax.hessian(lambda x: jnp.sum(jnp.sin(apply(ours)(x)))))(x)
+  h_theirs = jax.jit(jax.hessian(lambda x: jnp.sum(jnp.sin(apply(theirs)(x)))))(x)
   np.testing.assert_allclose(h_ours, h_theirs, rtol=1e-3, atol=1e-3)
 
 
