@@ -1,8 +1,12 @@
-"""Per-layer benchmarks: jaxnorm vs flax.linen (defaults) vs PyTorch on the CPU.
+"""Per-layer benchmarks: jaxnorm vs its fused kernels vs flax.linen vs PyTorch (CPU).
 
 Forward and forward+backward (the VJP w.r.t. the input and the parameters, for a given
 output cotangent), jit-compiled, at each shape and dtype; plus the memory floor (one
-fused read+write pass over ``x``) and XLA's compiled temporary memory.
+fused read+write pass over ``x``), XLA's compiled temporary memory and the page faults
+per call. Candidates: ``jaxnorm`` (the pure-JAX functional path, as the layers run
+today), ``kernels`` (the same layer through ``jaxnorm.kernels.normalize``, the fused
+C++ kernels), ``before`` (dropout only: the mask drawn by ``jax.random.bernoulli``, as
+jaxnorm did before its fused sampler), ``flax`` and ``torch``.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxnorm
-from .timing import interleaved_medians, jax_runner
+from jaxnorm import kernels
+from .timing import cpu_per_call, faults_per_call, interleaved_medians, jax_runner
 
 SHAPES = ((4096, 1024), (8192, 256), (64, 32, 32, 128))
 QUICK_SHAPES = ((512, 256),)
@@ -43,6 +48,43 @@ class Layer:
   jaxnorm_module: nn.Module
   flax_module: nn.Module
   torch_fn: Callable | None  # (torch) -> (x, weight, bias, training) -> y
+  kernel_fn: Callable | None = None  # (params, x) -> y through jaxnorm.kernels
+  before_fn: Callable | None = None  # (params, x) -> y as jaxnorm computed it before
+
+
+def _kernel_batch_norm(params, x):
+  axes = tuple(range(x.ndim - 1))
+  y, mean, var, _ = kernels.normalize(x, params["scale"], params["bias"], reduce_axes=axes,
+                                      epsilon=1e-5)
+  # The running statistics' update, as the modules return it.
+  return y, (0.99 * jnp.zeros_like(mean) + 0.01 * mean, 0.99 + 0.01 * var)
+
+
+def _kernel_layer_norm(params, x):
+  return kernels.normalize(x, params["scale"], params["bias"], reduce_axes=(x.ndim - 1,),
+                           epsilon=1e-6)[0]
+
+
+def _kernel_rms_norm(params, x):
+  return kernels.normalize(x, params["scale"], None, reduce_axes=(x.ndim - 1,),
+                           epsilon=1e-6, center=False)[0]
+
+
+def _kernel_group_norm(params, x, groups=32):
+  channels = x.shape[-1]
+  grouped = x.reshape(x.shape[:-1] + (groups, channels // groups))
+  axes = tuple(range(1, x.ndim - 1)) + (x.ndim,)
+  param_shape = (groups, channels // groups)
+  y = kernels.normalize(grouped, params["scale"].reshape(param_shape),
+                        params["bias"].reshape(param_shape), reduce_axes=axes,
+                        epsilon=1e-6)[0]
+  return y.reshape(x.shape)
+
+
+def _before_dropout(params, x, rate=0.5):
+  del params
+  keep = jax.random.bernoulli(jax.random.key(2), 1.0 - rate, x.shape)
+  return jax.lax.select(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 
 def _torch_layers():
@@ -61,13 +103,17 @@ def layers() -> list[Layer]:
   torch = _torch_layers()
   return [
       Layer("batch_norm", jaxnorm.BatchNorm(use_running_average=False),
-            nn.BatchNorm(use_running_average=False), torch["batch_norm"]),
-      Layer("layer_norm", jaxnorm.LayerNorm(), nn.LayerNorm(), torch["layer_norm"]),
+            nn.BatchNorm(use_running_average=False), torch["batch_norm"],
+            kernel_fn=_kernel_batch_norm),
+      Layer("layer_norm", jaxnorm.LayerNorm(), nn.LayerNorm(), torch["layer_norm"],
+            kernel_fn=_kernel_layer_norm),
       Layer("group_norm", jaxnorm.GroupNorm(num_groups=32), nn.GroupNorm(num_groups=32),
-            torch["group_norm"]),
-      Layer("rms_norm", jaxnorm.RMSNorm(), nn.RMSNorm(), torch["rms_norm"]),
+            torch["group_norm"], kernel_fn=_kernel_group_norm),
+      Layer("rms_norm", jaxnorm.RMSNorm(), nn.RMSNorm(), torch["rms_norm"],
+            kernel_fn=_kernel_rms_norm),
       Layer("dropout", jaxnorm.Dropout(0.5, deterministic=False),
-            nn.Dropout(0.5, deterministic=False), torch["dropout"]),
+            nn.Dropout(0.5, deterministic=False), torch["dropout"],
+            before_fn=_before_dropout),
   ]
 
 
@@ -93,6 +139,20 @@ def _jax_functions(module: nn.Module, x):
   return forward, forward_backward, params
 
 
+def _plain_functions(fn, params):
+  """(forward, forward+backward, params) for ``fn(params, x)``."""
+
+  def output(params, x):
+    out = fn(params, x)
+    return out[0] if isinstance(out, tuple) else out
+
+  def forward_backward(params, x, dy):
+    y, vjp = jax.vjp(output, params, x)
+    return vjp(dy.astype(y.dtype))
+
+  return fn, forward_backward, params
+
+
 def copy_pass(x):
   """The memory floor: one fused read + write pass over ``x``."""
   return x * 2 + 1
@@ -110,6 +170,17 @@ class Row:
   floor_s: float
   jaxnorm_temp_bytes: int | None = None
   flax_temp_bytes: int | None = None
+  kernel_s: float | None = None      # the layer through jaxnorm.kernels
+  before_s: float | None = None      # dropout as jaxnorm drew its mask before
+  kernel_temp_bytes: int | None = None
+  faults: dict | None = None         # minor page faults per call, per candidate
+  tuned: dict | None = None          # seconds per candidate with the tuned allocator
+  cpu: dict | None = None            # CPU seconds (all threads) per call, per candidate
+
+  @property
+  def best_s(self) -> float:
+    """jaxnorm's time on its fastest path (the kernels when they were measured)."""
+    return min(t for t in (self.jaxnorm_s, self.kernel_s) if t is not None)
 
   @property
   def flax_over_jaxnorm(self) -> float:
@@ -122,6 +193,10 @@ class Row:
   @property
   def passes(self) -> float:
     return self.jaxnorm_s / self.floor_s
+
+  @property
+  def kernel_passes(self) -> float | None:
+    return None if self.kernel_s is None else self.kernel_s / self.floor_s
 
 
 def _torch_candidates(torch, layer: Layer, x_np, dtype: str):
@@ -152,37 +227,54 @@ def _torch_candidates(torch, layer: Layer, x_np, dtype: str):
   return forward, forward_backward
 
 
-def run(quick: bool, torch=None, log=print) -> list[Row]:
+def run(quick: bool, torch=None, log=print, shapes=None, dtypes=None,
+        repeats=None) -> list[Row]:
   """Benchmarks every layer at every shape and dtype; returns one row per case."""
-  shapes = QUICK_SHAPES if quick else SHAPES
-  dtypes = DTYPES[:1] if quick else DTYPES
-  repeats = 5 if quick else 15
+  shapes = shapes or (QUICK_SHAPES if quick else SHAPES)
+  dtypes = dtypes or (DTYPES[:1] if quick else DTYPES)
+  repeats = repeats or (5 if quick else 11)
+  use_kernels = kernels.enabled()
   rows = []
   for shape in shapes:
     for dtype in dtypes:
       x = jax.random.normal(jax.random.key(0), shape, jnp.float32).astype(dtype)
       dy = jax.random.normal(jax.random.key(1), shape, jnp.float32).astype(dtype)
-      floor = interleaved_medians({"copy": jax_runner(copy_pass, x)[0]}, repeats)["copy"]
+      floor_run = jax_runner(copy_pass, x)[0]
       for layer in layers():
         jn_fwd, jn_bwd, jn_params = _jax_functions(layer.jaxnorm_module, x)
         fx_fwd, fx_bwd, fx_params = _jax_functions(layer.flax_module, x)
         t_fwd, t_bwd = _torch_candidates(torch, layer, x.astype(jnp.float32), dtype)
-        for mode, (jn, fx, tt, args_jn, args_fx) in {
-            "forward": (jn_fwd, fx_fwd, t_fwd, (jn_params, x), (fx_params, x)),
-            "forward+backward": (jn_bwd, fx_bwd, t_bwd, (jn_params, x, dy),
-                                 (fx_params, x, dy)),
-        }.items():
-          (run_jn, mem_jn), (run_fx, mem_fx) = jax_runner(jn, *args_jn), jax_runner(fx, *args_fx)
-          candidates = {"jaxnorm": run_jn, "flax": run_fx}
+        extra = {}
+        if layer.kernel_fn is not None and use_kernels:
+          extra["kernels"] = _plain_functions(layer.kernel_fn, jn_params)
+        if layer.before_fn is not None:
+          extra["before"] = _plain_functions(layer.before_fn, jn_params)
+        for mode in ("forward", "forward+backward"):
+          with_dy = mode == "forward+backward"
+          pick = 1 if with_dy else 0
+          runs, temps = {}, {}
+          for name, fns in [("jaxnorm", (jn_fwd, jn_bwd, jn_params)),
+                            ("flax", (fx_fwd, fx_bwd, fx_params))] + list(extra.items()):
+            args = (fns[2], x, dy) if with_dy else (fns[2], x)
+            runs[name], temps[name] = jax_runner(fns[pick], *args)
+          tt = t_bwd if with_dy else t_fwd
           if tt is not None:
-            candidates["torch"] = tt
-          medians = interleaved_medians(candidates, repeats)
+            runs["torch"] = tt
+          runs["floor"] = floor_run  # in the same rounds: passes compare like with like
+          medians = interleaved_medians(runs, repeats)
           row = Row(layer.name, shape, dtype, mode, medians["jaxnorm"], medians["flax"],
-                    medians.get("torch"), floor)
-          if mode == "forward+backward":
-            row.jaxnorm_temp_bytes, row.flax_temp_bytes = mem_jn, mem_fx
+                    medians.get("torch"), medians["floor"], kernel_s=medians.get("kernels"),
+                    before_s=medians.get("before"))
+          row.faults = {name: faults_per_call(fn) for name, fn in runs.items()}
+          row.cpu = {name: cpu_per_call(fn) for name, fn in runs.items()}
+          if with_dy:
+            row.jaxnorm_temp_bytes, row.flax_temp_bytes = temps["jaxnorm"], temps["flax"]
+            row.kernel_temp_bytes = temps.get("kernels")
           rows.append(row)
           log(f"  {layer.name:<10} {str(shape):<18} {dtype:<8} {mode:<16} jaxnorm "
-              f"{row.jaxnorm_s * 1e3:7.2f} ms  flax x{row.flax_over_jaxnorm:5.2f}"
-              + (f"  torch x{row.torch_over_jaxnorm:5.2f}" if row.torch_s else ""))
+              f"{row.jaxnorm_s * 1e3:7.2f} ms"
+              + (f"  kernels {row.kernel_s * 1e3:7.2f} ms" if row.kernel_s else "")
+              + (f"  before {row.before_s * 1e3:7.2f} ms" if row.before_s else "")
+              + f"  flax x{row.flax_s / row.best_s:5.2f}"
+              + (f"  torch x{row.torch_s / row.best_s:5.2f}" if row.torch_s else ""))
   return rows

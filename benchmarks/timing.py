@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -40,3 +41,27 @@ def jax_runner(fn, *args) -> tuple[Callable[[], object], int | None]:
   analysis = compiled.memory_analysis()
   temp = None if analysis is None else int(analysis.temp_size_in_bytes)
   return (lambda: jax.block_until_ready(compiled(*args))), temp
+
+
+def faults_per_call(run: Callable[[], object], calls: int = 3) -> float:
+  """Minor page faults (fresh memory mapped in) per call of ``run``, after one warm call."""
+  run()
+  before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+  for _ in range(calls):
+    run()
+  return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / calls
+
+
+def cpu_per_call(run: Callable[[], object], calls: int = 5) -> float:
+  """Seconds of CPU time (all threads of the process, user + system) per call of ``run``.
+
+  Less sensitive than wall time to other programs taking the cores: a call that waits
+  for a core accrues no CPU time meanwhile.
+  """
+  run()
+  usage = resource.getrusage(resource.RUSAGE_SELF)
+  before = usage.ru_utime + usage.ru_stime
+  for _ in range(calls):
+    run()
+  usage = resource.getrusage(resource.RUSAGE_SELF)
+  return (usage.ru_utime + usage.ru_stime - before) / calls

@@ -1,11 +1,39 @@
-"""Test configuration: 8 simulated CPU devices for the cross-device tests.
+"""Test configuration: 8 simulated CPU devices, and the hypothesis profiles.
 
-XLA reads the flag once, when JAX initializes its backend, so it is set here, before any
-test module imports JAX.
+XLA reads the device flag once, when JAX initializes its backend, so it is set here,
+before any test module imports JAX.
+
+Hypothesis profiles, chosen with ``JAXNORM_HYPOTHESIS_PROFILE`` (default ``ci``):
+
+- ``ci``: derandomized (the same examples every run, so a failure reproduces), no
+  example database, no deadline (the first example of a test pays for compilation),
+  25 examples where a test does not set its own budget.
+- ``dev``: random examples and the local example database, to look for new failures;
+  otherwise as ``ci``.
+
+The ``slow`` marker: property-based (hypothesis) tests are marked here, the others where
+they are defined; ``-m "not slow"`` runs the fast subset.
 """
 
 import os
 
+import hypothesis
+import pytest
+
 _FLAG = "--xla_force_host_platform_device_count=8"
 if _FLAG not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
+
+hypothesis.settings.register_profile(
+    "ci", max_examples=25, deadline=None, derandomize=True, database=None,
+    print_blob=True, suppress_health_check=[hypothesis.HealthCheck.too_slow])
+hypothesis.settings.register_profile(
+    "dev", parent=hypothesis.settings.get_profile("ci"), derandomize=False,
+    database=hypothesis.database.DirectoryBasedExampleDatabase(".hypothesis/examples"))
+hypothesis.settings.load_profile(os.environ.get("JAXNORM_HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_collection_modifyitems(items):
+  for item in items:
+    if getattr(getattr(item, "obj", None), "is_hypothesis_test", False):
+      item.add_marker(pytest.mark.slow)

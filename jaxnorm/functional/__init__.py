@@ -13,6 +13,11 @@ from jaxnorm.functional.stochastic import (
     drop_path, drop_path_rates, dropout, gaussian_dropout, r_drop_loss, spatial_dropout)
 from jaxnorm.functional.normalization import (
     batch_norm, group_norm, instance_norm, layer_norm, rms_norm)
+from jaxnorm.functional.revin import RevINStats, revin_denormalize, revin_normalize
+from jaxnorm.functional.structured_dropout import (
+    attention_dropout, patch_drop, token_dropout)
+from jaxnorm.functional.whitening import (
+    WhiteningStats, decorrelated_batch_norm, init_whitening_stats, iter_norm)
 
 __all__ = [
     "BatchRenormStats", "BatchStats", "Moments", "alpha_dropout", "batch_norm",
@@ -21,4 +26,8 @@ __all__ = [
     "gaussian_dropout", "ghost_batch_norm", "group_norm", "instance_norm", "layer_norm",
     "masked_moments", "moments", "r_drop_loss", "rms_norm", "spatial_dropout",
     "switch_norm",
+    # whitening, reversible instance norm, structured dropout for attention models
+    "RevINStats", "WhiteningStats", "attention_dropout", "decorrelated_batch_norm",
+    "init_whitening_stats", "iter_norm", "patch_drop", "revin_denormalize",
+    "revin_normalize", "token_dropout",
 ]

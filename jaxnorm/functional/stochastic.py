@@ -10,6 +10,7 @@ import numpy as np
 from jax import lax
 
 from jaxnorm import _checks
+from jaxnorm.functional import _random
 
 
 def _check_key(key, fn: str) -> None:
@@ -72,10 +73,10 @@ def dropout(
   mask_shape = tuple(1 if a in dims else n for a, n in enumerate(x.shape))
   if static_rate is not None:
     keep_prob = 1.0 - static_rate
-    keep = jax.random.bernoulli(key, p=keep_prob, shape=mask_shape)
+    keep = _random.bernoulli(key, keep_prob, mask_shape)
     return lax.select(jnp.broadcast_to(keep, x.shape), x / keep_prob, jnp.zeros_like(x))
   keep_prob = 1.0 - jnp.asarray(rate, jnp.float32)
-  keep = jax.random.bernoulli(key, p=keep_prob, shape=mask_shape)
+  keep = _random.bernoulli(key, keep_prob, mask_shape)
   # Where nothing is kept, divide by 1 instead of 0 so no inf/NaN reaches the gradient.
   safe_keep_prob = jnp.where(keep_prob > 0, keep_prob, 1.0).astype(x.dtype)
   return jnp.where(jnp.broadcast_to(keep, x.shape), x / safe_keep_prob, jnp.zeros_like(x))
@@ -95,7 +96,7 @@ def _broadcast_dims(broadcast_dims, shape, fn) -> tuple[int, ...]:
 
 
 def _keep_mask(key, shape, keep_prob) -> jax.Array:
-  return jax.random.bernoulli(key, p=keep_prob, shape=shape)
+  return _random.bernoulli(key, keep_prob, shape)
 
 
 def _static_rate(rate, fn: str) -> float | None:
@@ -104,6 +105,11 @@ def _static_rate(rate, fn: str) -> float | None:
       rate, name="rate", fn=fn,
       hint=" rate is the probability of dropping, not of keeping.")
   return _checks.concrete_float(rate)
+
+
+def _uniform(key, shape) -> jax.Array:
+  """Uniform [0, 1) float32 draws of ``shape``: random scores (e.g. tokens to keep)."""
+  return jax.random.uniform(key, shape, jnp.float32)
 
 
 def spatial_dropout(
@@ -223,7 +229,7 @@ def gaussian_dropout(key: jax.Array, x: jax.Array, *, rate: float | jax.Array) -
   _check_key(key, fn)
   rate = jnp.asarray(rate, jnp.float32)
   std = jnp.sqrt(rate / (1.0 - rate))
-  noise = 1.0 + std * jax.random.normal(key, x.shape, jnp.float32)
+  noise = 1.0 + std * _random.normal(key, x.shape, jnp.float32)
   return (x * noise.astype(x.dtype)).astype(x.dtype)
 
 
@@ -274,7 +280,7 @@ def concrete_dropout(
   logit = _checked_logit(logit, fn)
   _check_key(key, fn)
   eps = 1e-7
-  u = jax.random.uniform(key, x.shape, jnp.float32, minval=eps, maxval=1.0 - eps)
+  u = _random.uniform(key, x.shape, jnp.float32, eps, 1.0 - eps)
   # 1 - z = sigmoid(-a) and 1 - p = sigmoid(-logit), as exp(log_sigmoid(...)): finite for
   # confident logits, where 1 - sigmoid(logit) rounds to 0 in float32.
   a = (logit + jnp.log(u) - jnp.log1p(-u)) / temperature

@@ -14,10 +14,15 @@ from jaxnorm.linen.stochastic import (
     GaussianDropout, SpatialDropout)
 from jaxnorm.linen.variants import (
     BatchRenorm, EvoNormB0, EvoNormS0, GhostBatchNorm, SwitchNorm)
+from jaxnorm.linen.revin import RevIN
+from jaxnorm.linen.structured_dropout import AttentionDropout, PatchDrop, TokenDropout
+from jaxnorm.linen.whitening import DecorrelatedBatchNorm, IterNorm
 
 __all__ = [
     "AlphaDropout", "ClassicDropout", "ConcreteDropoutDense", "DropConnectDense",
     "DropPath", "GaussianDropout", "SpatialDropout",
     "BatchNorm", "BatchRenorm", "Dropout", "EvoNormB0", "EvoNormS0", "GhostBatchNorm",
     "GroupNorm", "InstanceNorm", "LayerNorm", "RMSNorm", "SwitchNorm",
+    "AttentionDropout", "DecorrelatedBatchNorm", "IterNorm", "PatchDrop", "RevIN",
+    "TokenDropout",
 ]

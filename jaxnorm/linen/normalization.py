@@ -14,9 +14,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
-from flax.linen import dtypes, initializers
+from flax.linen import initializers
 
-from jaxnorm import _checks
+from jaxnorm import _checks, _frontend
 from jaxnorm import functional as F
 
 Axes = int | tuple[int, ...]
@@ -24,7 +24,7 @@ Axes = int | tuple[int, ...]
 
 def _feature_params(module: nn.Module, x, feature_axes: tuple[int, ...]):
   """Creates ``scale``/``bias`` with the sizes of ``x`` on ``feature_axes`` (as Flax)."""
-  shape = tuple(x.shape[a] for a in feature_axes)
+  shape = _frontend.feature_shape(x.shape, feature_axes)
   scale = (module.param("scale", module.scale_init, shape, module.param_dtype)
            if module.use_scale else None)
   bias = (module.param("bias", module.bias_init, shape, module.param_dtype)
@@ -34,55 +34,87 @@ def _feature_params(module: nn.Module, x, feature_axes: tuple[int, ...]):
 
 def _output_dtype(module: nn.Module, x, scale, bias):
   """Flax's rule: ``dtype`` if given, else inferred from the input and the parameters."""
-  return dtypes.canonicalize_dtype(x, scale, bias, dtype=module.dtype)
+  return _frontend.output_dtype(x, scale, bias, dtype=module.dtype)
 
 
-def _input_for(x, out_dtype):
-  """``x`` widened to the output dtype when that is wider, so no precision is lost."""
-  return x.astype(jnp.promote_types(x.dtype, out_dtype))
+_input_for = _frontend.widen
+_broadcast_params = _frontend.broadcast_params
 
 
 def running_stats(module: nn.Module, feature_shape) -> tuple[nn.Variable, nn.Variable]:
   """The ``batch_stats/mean`` (zeros) and ``batch_stats/var`` (ones) variables, float32."""
-  return (module.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32),
-                          feature_shape),
-          module.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32),
-                          feature_shape))
-
-
-def _broadcast_params(x, feature_axes, *params):
-  """Reshapes feature-shaped parameters to broadcast against ``x``."""
-  shape = tuple(x.shape[a] if a in feature_axes else 1 for a in range(x.ndim))
-  return tuple(None if p is None else p.reshape(shape) for p in params)
+  return (module.variable("batch_stats", "mean",
+                          lambda: _frontend.running_stats_init(feature_shape)[0]),
+          module.variable("batch_stats", "var",
+                          lambda: _frontend.running_stats_init(feature_shape)[1]))
 
 
 class BatchNorm(nn.Module):
-  """Batch normalization, a drop-in for ``flax.linen.BatchNorm``.
+  r"""Batch normalization, a drop-in for ``flax.linen.BatchNorm``.
 
-  Attributes are those of ``flax.linen.BatchNorm``. ``use_fast_variance`` and
-  ``force_float32_reductions`` are accepted for compatibility; jaxnorm always reduces
-  in at least float32 with its stable one-pass variance (as fast as Flax's fast path,
-  and correct on data with a large mean). Running statistics are float32 whatever
-  ``dtype`` and ``param_dtype`` are. During ``init`` the statistics are not updated
-  and ``axis_name`` is not used; a training-mode ``init`` on a batch with one value
-  per feature normalizes with the initial running statistics instead of raising.
+  .. math::
 
-  Two options flax lacks (both off by default):
+    y = \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}} \, \gamma + \beta, \qquad
+    \hat\mu \leftarrow m \hat\mu + (1 - m) \mu, \quad
+    \hat\sigma^2 \leftarrow m \hat\sigma^2 + (1 - m) \sigma^2
 
-  - ``freeze_stats``: always normalize with the running statistics and never update
-    them, in training too, while ``scale``/``bias`` stay trainable ("frozen BN"). Use it
-    to fine-tune a pretrained network with small batches (detection, segmentation),
-    where batch statistics would be noisy and would overwrite good running statistics.
-  - ``eval_with_batch_stats``: in evaluation (``use_running_average=True``) normalize
-    with the batch's own statistics, without updating the running ones. Use it when the
-    running statistics do not describe the evaluation data (domain shift, "AdaBN"), or
-    to evaluate a network whose running statistics were never trained; batches must
-    then be large and i.i.d.
+  In training :math:`\mu, \sigma^2` are the batch mean and biased variance over every
+  axis but ``axis`` (a stable shifted one-pass variance, merged exactly across devices
+  with ``axis_name``) and the running statistics :math:`\hat\mu, \hat\sigma^2`
+  (``batch_stats/mean``, ``batch_stats/var``, float32) move with momentum :math:`m`; in
+  evaluation :math:`\mu, \sigma^2` are the running statistics. :math:`\gamma` is
+  ``params/scale`` and :math:`\beta` ``params/bias``. See
+  :func:`jaxnorm.functional.batch_norm` for the math and the backward pass.
+
+  Attributes:
+    use_running_average: normalize with the running statistics (evaluation) instead of
+      the batch's; may instead be given at call time.
+    axis: the feature axis or axes, kept (the others are reduced); -1 for NHWC.
+    momentum: weight :math:`m` of the old running statistics, in [0, 1] (flax's
+      convention; PyTorch's ``momentum=0.1`` is 0.9 here).
+    epsilon: added to the variance, > 0.
+    dtype: the output dtype; None infers it from the input and the parameters, as flax.
+    param_dtype: the dtype of ``scale`` and ``bias``.
+    use_bias: learn the bias :math:`\beta`.
+    use_scale: learn the scale :math:`\gamma`.
+    bias_init: initializer of the bias (zeros).
+    scale_init: initializer of the scale (ones).
+    axis_name: the mapped axis (``shard_map``, ``pmap``) over which the batch
+      statistics are merged; None for one device or ``jax.jit`` with sharded inputs.
+    axis_index_groups: groups of devices along ``axis_name`` that merge separately.
+    use_fast_variance: accepted for compatibility with flax and ignored: the variance
+      is always the stable one.
+    force_float32_reductions: accepted for compatibility with flax and ignored:
+      reductions always run in at least float32.
+    freeze_stats: always normalize with the running statistics and never update them,
+      in training too, while ``scale``/``bias`` stay trainable ("frozen BN"). For
+      fine-tuning a pretrained network with small batches (detection, segmentation),
+      where batch statistics would be noisy and would overwrite good running ones.
+    eval_with_batch_stats: in evaluation (``use_running_average=True``) normalize with
+      the batch's own statistics, without updating the running ones. For evaluation data
+      that the running statistics do not describe (domain shift, "AdaBN"), or a network
+      whose running statistics were never trained; batches must then be large and i.i.d.
 
   Like flax's, it accepts complex inputs (complex64 running mean after an update,
   float32 running variance) and supports forward-mode derivatives (``jax.jvp``,
-  ``jax.jacfwd``, ``jax.hessian``) as well as reverse mode. See
-  :func:`jaxnorm.functional.batch_norm` for the math.
+  ``jax.jacfwd``, ``jax.hessian``) as well as reverse mode.
+
+  Running statistics are float32 whatever ``dtype`` and ``param_dtype`` are. During
+  ``init`` the statistics are not updated and ``axis_name`` is not used; a
+  training-mode ``init`` on a batch with one value per feature normalizes with the
+  initial running statistics instead of raising.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> import jaxnorm
+    >>> bn = jaxnorm.BatchNorm(use_running_average=False, momentum=0.9)
+    >>> x = jax.random.normal(jax.random.key(0), (8, 3)) * 2.0 + 5.0
+    >>> variables = bn.init(jax.random.key(1), x)
+    >>> y, updates = bn.apply(variables, x, mutable=["batch_stats"])
+    >>> bool(jnp.allclose(y.mean(0), 0.0, atol=1e-5))
+    True
+    >>> bool(jnp.allclose(updates["batch_stats"]["mean"], 0.1 * x.mean(0), atol=1e-5))
+    True
   """
 
   use_running_average: bool | None = None
@@ -119,14 +151,15 @@ class BatchNorm(nn.Module):
         "use_running_average", self.use_running_average, use_running_average)
     feature_axes = _checks.canonical_axes(
         self.axis, x.shape, name="axis", fn="jaxnorm.linen.BatchNorm")
-    feature_shape = tuple(x.shape[a] for a in feature_axes)
+    feature_shape = _frontend.feature_shape(x.shape, feature_axes)
     ra_mean, ra_var = running_stats(self, feature_shape)
     scale, bias = _feature_params(self, x, feature_axes)
     out_dtype = _output_dtype(self, x, scale, bias)
 
     initializing = self.is_initializing()
-    batch_statistics = (not use_running_average or self.eval_with_batch_stats) and not (
-        self.freeze_stats)
+    batch_statistics, update = _frontend.batch_norm_mode(
+        use_running_average, freeze_stats=self.freeze_stats,
+        eval_with_batch_stats=self.eval_with_batch_stats)
     if initializing and batch_statistics and mask is None and x.size <= math.prod(
         feature_shape):
       batch_statistics = False  # init only needs shapes and never updates statistics
@@ -135,7 +168,7 @@ class BatchNorm(nn.Module):
         train=batch_statistics, momentum=self.momentum, epsilon=self.epsilon,
         axis=feature_axes, axis_name=None if initializing else self.axis_name,
         axis_index_groups=self.axis_index_groups, mask=mask)
-    if batch_statistics and not use_running_average and not initializing:
+    if update and batch_statistics and not initializing:
       ra_mean.value, ra_var.value = new_stats
     return y.astype(out_dtype)
 
@@ -275,7 +308,7 @@ class RMSNorm(nn.Module):
     """Divides each example by its root mean square over ``reduction_axes``."""
     feature_axes = _checks.canonical_axes(self.feature_axes, x.shape, name="feature_axes",
                                           fn="jaxnorm.linen.RMSNorm")
-    shape = tuple(x.shape[a] for a in feature_axes)
+    shape = _frontend.feature_shape(x.shape, feature_axes)
     scale = (self.param("scale", self.scale_init, shape, self.param_dtype)
              if self.use_scale else None)
     out_dtype = _output_dtype(self, x, scale, None)

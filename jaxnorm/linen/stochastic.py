@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from jaxnorm import _checks
+from jaxnorm import _frontend
 from jaxnorm import functional as F
 
 
@@ -43,12 +42,10 @@ class Dropout(nn.Module):
     """
     deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
     rate = self.rate if rate is None else rate
-    _checks.check_in_unit_interval(
-        rate, name="rate", fn="jaxnorm.linen.Dropout",
-        hint=" rate is the probability of dropping an element, not of keeping it.")
-    if deterministic or _checks.concrete_float(rate) == 0.0:
+    _frontend.check_dropout_rate(rate, fn="jaxnorm.linen.Dropout")
+    if _frontend.dropout_is_identity(rate, deterministic):
       return inputs
-    if _checks.concrete_float(rate) == 1.0:
+    if _frontend.dropout_drops_all(rate):
       return jnp.zeros_like(inputs)  # as Flax: no key is drawn
     if rng is None:
       rng = self.make_rng(self.rng_collection)
@@ -65,10 +62,8 @@ class _KeyedNoise(nn.Module):
   def _key(self, deterministic):
     """The key for this call, or None when no noise is applied."""
     deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
-    _checks.check_in_unit_interval(
-        self.rate, name="rate", fn=f"jaxnorm.linen.{type(self).__name__}",
-        hint=" rate is the probability of dropping, not of keeping.")
-    if deterministic or _checks.concrete_float(self.rate) == 0.0:
+    _frontend.check_dropout_rate(self.rate, fn=f"jaxnorm.linen.{type(self).__name__}")
+    if _frontend.dropout_is_identity(self.rate, deterministic):
       return None
     return self.make_rng(self.rng_collection)
 
@@ -156,8 +151,7 @@ class DropConnectDense(nn.Module):
   @nn.compact
   def __call__(self, inputs, deterministic: bool | None = None):
     deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
-    _checks.check_in_unit_interval(self.rate, name="rate",
-                                   fn="jaxnorm.linen.DropConnectDense")
+    _frontend.check_dropout_rate(self.rate, fn="jaxnorm.linen.DropConnectDense")
     kernel = self.param("kernel", self.kernel_init, (inputs.shape[-1], self.features),
                         self.param_dtype)
     if not deterministic:
@@ -190,10 +184,8 @@ class ConcreteDropoutDense(nn.Module):
   @nn.compact
   def __call__(self, inputs, deterministic: bool | None = None):
     deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
-    _checks.check_range(self.init_rate, name="init_rate",
-                        fn="jaxnorm.linen.ConcreteDropoutDense", low=0.0, high=1.0,
-                        low_open=True, high_open=True, hint=" Its logit is learned.")
-    init_logit = math.log(self.init_rate) - math.log1p(-self.init_rate)
+    init_logit = _frontend.concrete_dropout_init_logit(
+        self.init_rate, fn="jaxnorm.linen.ConcreteDropoutDense")
     logit = self.param("dropout_logit", nn.initializers.constant(init_logit), ())
     dense = nn.Dense(self.features, name="dense")
     x = inputs if deterministic else F.concrete_dropout(

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 from flax.linen import initializers
 
-from jaxnorm import _checks
+from jaxnorm import _checks, _frontend
 from jaxnorm import functional as F
 from jaxnorm.linen.normalization import (
     Axes, _feature_params, _input_for, _output_dtype, running_stats)
@@ -43,7 +43,7 @@ class _BatchStatsModule(nn.Module):
     """(train, feature_shape, scale, bias, out_dtype, (ra_mean, ra_var))."""
     use_running_average = nn.merge_param(
         "use_running_average", self.use_running_average, use_running_average)
-    feature_shape = tuple(x.shape[a] for a in feature_axes)
+    feature_shape = _frontend.feature_shape(x.shape, feature_axes)
     stats = running_stats(self, feature_shape)
     scale, bias = _feature_params(self, x, feature_axes)
     return (not use_running_average, feature_shape, scale, bias,

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax.core import unfreeze
 
+from jaxnorm.training import _validate
 from jaxnorm.training.precise_bn import BATCH_NORM_TYPES
 
 LINEAR_TYPES = (nn.Dense, nn.Conv, nn.DenseGeneral)
@@ -77,6 +78,7 @@ def fold_batch_norm(variables: Mapping[str, Any], pairs: Sequence[FoldPair]) -> 
   ``kernel`` and a ``bias`` (created if it had none). Use them with the same network
   built without those BN layers and with ``use_bias=True`` on the linear layers.
   """
+  _validate.check_live(variables, name="variables", fn="jaxnorm.training.fold_batch_norm")
   params = unfreeze(variables["params"])
   stats = variables["batch_stats"]
   for pair in pairs:
@@ -96,6 +98,12 @@ def fold_batch_norm(variables: Mapping[str, Any], pairs: Sequence[FoldPair]) -> 
     linear["kernel"] = (kernel * factor).astype(kernel.dtype)
     linear["bias"] = ((bias - bn_stats["mean"]) * factor + bn_params.get(
         "bias", jnp.zeros(features))).astype(kernel.dtype)
+    if not all(_validate.concrete_all_finite(linear[name]) for name in ("kernel", "bias")):
+      raise ValueError(
+          f"jaxnorm.training.fold_batch_norm: folding {'/'.join(pair.batch_norm)} into "
+          f"{'/'.join(pair.linear)} gives non-finite weights (its running statistics or "
+          "parameters are not finite, or var + epsilon underflows); the folded network "
+          "would be dead. Fix the statistics (e.g. with precise_batch_stats) first.")
     parent = _subtree(params, pair.batch_norm[:-1])
     del parent[pair.batch_norm[-1]]
   return params

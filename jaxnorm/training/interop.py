@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from jaxnorm.functional import BatchStats
+from jaxnorm.training import _validate
 
 
 def momentum_to_torch(momentum: float) -> float:
@@ -81,6 +82,8 @@ def batch_norm_to_torch(
     initial_var: the running variance before training (1 in both libraries).
   """
   fn = "jaxnorm.training.batch_norm_to_torch"
+  _validate.check_live({"stats": stats, "scale": scale, "bias": bias}, name="arguments",
+                       fn=fn)
   exact = _variance_factor_args(momentum, num_batches_tracked, values_per_batch, fn)
   var = np.asarray(stats.var, np.float64)
   if exact is not None:

@@ -19,25 +19,28 @@ from flax.core import unfreeze
 from jaxnorm import _checks
 from jaxnorm.functional import masked_moments
 from jaxnorm.linen import BatchNorm
+from jaxnorm.training import _validate
 
 BATCH_NORM_TYPES = (BatchNorm, nn.BatchNorm)
 _COLLECTION = "precise_bn"
+
+
+def batch_norm_input_moments(x, axis, mask, *, fn: str):
+  """(count, mean, M2) of a BN layer's input ``x`` per feature of ``axis``, feature-shaped."""
+  feature_axes = _checks.canonical_axes(axis, x.shape, name="axis", fn=fn)
+  reduce_axes = tuple(a for a in range(x.ndim) if a not in feature_axes)
+  stats = masked_moments(x, reduce_axes, _checks.check_mask(mask, x.shape, fn=fn))
+  feature_shape = tuple(x.shape[a] for a in feature_axes)
+  return tuple(t.reshape(feature_shape)
+               for t in (stats.count, stats.mean, stats.var * stats.count))
 
 
 def _record_batch_norm_inputs(next_fun, args, kwargs, context):
   """Interceptor: sow (count, mean, M2) of every BN layer's input over its reduced axes."""
   module = context.module
   if context.method_name == "__call__" and isinstance(module, BATCH_NORM_TYPES):
-    x = args[0]
-    feature_axes = _checks.canonical_axes(module.axis, x.shape, name="axis",
-                                          fn="jaxnorm.training.precise_batch_stats")
-    reduce_axes = tuple(a for a in range(x.ndim) if a not in feature_axes)
-    mask = _checks.check_mask(kwargs.get("mask"), x.shape,
-                              fn="jaxnorm.training.precise_batch_stats")
-    stats = masked_moments(x, reduce_axes, mask)
-    feature_shape = tuple(x.shape[a] for a in feature_axes)
-    module.sow(_COLLECTION, "moments", tuple(
-        t.reshape(feature_shape) for t in (stats.count, stats.mean, stats.var * stats.count)))
+    module.sow(_COLLECTION, "moments", batch_norm_input_moments(
+        args[0], module.axis, kwargs.get("mask"), fn="jaxnorm.training.precise_batch_stats"))
   return next_fun(*args, **kwargs)
 
 
@@ -57,6 +60,19 @@ def _merge(moments: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]):
     m2 = m2 + batch_m2 + delta ** 2 * total * count / safe
     total = merged
   return mean, m2 / np.maximum(total, 1)
+
+
+def _raise_not_finite(per_batch, path, fn: str):
+  """``ValueError`` naming the layer and the first batch whose BN inputs are not finite."""
+  first = next((index for index, sown in enumerate(per_batch)
+                if not all(np.all(np.isfinite(np.asarray(t)))
+                           for triple in _get(sown, path)["moments"] for t in triple)),
+               None)
+  where = f"batch {first}" if first is not None else "the pooled batches"
+  raise ValueError(
+      f"{fn}: the inputs of {'/'.join(path)} are not finite in {where}, so its population "
+      "statistics would be NaN/inf and the evaluation network dead. Pass finite batches "
+      "(check them with np.isfinite), or fix the weights that overflow.")
 
 
 def _leaf_paths(tree: Mapping, prefix=()) -> list[tuple[str, ...]]:
@@ -110,6 +126,8 @@ def precise_batch_stats(
   Returns:
     A new ``batch_stats`` tree with the same structure, float32.
   """
+  fn = "jaxnorm.training.precise_batch_stats"
+  _validate.check_live(variables, name="variables", fn=fn)
   eval_kwargs = {"train": False} if eval_kwargs is None else dict(eval_kwargs)
   batches = list(batches)
   if not batches:
@@ -140,6 +158,8 @@ def precise_batch_stats(
     for path in group:
       mean, var = _merge(triple for sown in per_batch
                          for triple in _get(sown, path)["moments"])
+      if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(var))):
+        _raise_not_finite(per_batch, path, fn)
       stats = _get(batch_stats, path)
       stats["mean"] = jax.numpy.asarray(mean, jax.numpy.float32)
       stats["var"] = jax.numpy.asarray(var, jax.numpy.float32)

@@ -1,4 +1,5 @@
-"""Monte-Carlo dropout: predictive uncertainty from T stochastic forward passes."""
+"""Monte-Carlo dropout: predictive uncertainty from T stochastic forward passes, with or
+without test-time augmentation."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import jax.numpy as jnp
 
 from jaxnorm import functional as F
 from jaxnorm.linen import Dropout
+from jaxnorm.training import _validate
 
 DROPOUT_TYPES = (Dropout, nn.Dropout)
 
@@ -77,10 +79,80 @@ def mc_dropout_predict(apply_fn, variables: Mapping[str, Any], x: jax.Array,
   or ``flax.linen.Dropout``) samples a mask; each of the ``num_samples`` passes gets its
   own key. Other stochastic layers stay deterministic.
   """
+  _validate.check_live(variables, name="variables", fn="jaxnorm.training.mc_dropout_predict")
   eval_kwargs = {"train": False} if eval_kwargs is None else dict(eval_kwargs)
 
   def logits_fn(sample_key):
     with nn.intercept_methods(_stochastic_dropout):
       return apply_fn(variables, x, rngs={rng_collection: sample_key}, **eval_kwargs)
+
+  return monte_carlo_predict(logits_fn, key, num_samples)
+
+
+def mc_tta_predict(apply_fn, variables: Mapping[str, Any], x: jax.Array,
+                   key: jax.Array, *, augment: Callable[[jax.Array, jax.Array], jax.Array],
+                   num_samples: int = 32, mc_dropout: bool = True,
+                   eval_kwargs: Mapping[str, Any] | None = None,
+                   rng_collection: str = "dropout") -> MCPrediction:
+  """Test-time MC ensembling: MC dropout over randomly augmented copies of ``x``.
+
+  Each of the ``num_samples`` passes draws its own key ``k_t`` (``jax.random.split(key,
+  num_samples)[t]``), splits it into ``(augment_key, dropout_key) =
+  jax.random.split(k_t)``, and runs the model on ``augment(augment_key, x)`` as
+  :func:`mc_dropout_predict` does (evaluation mode, ``Dropout`` layers sampling masks
+  from ``dropout_key``; with ``mc_dropout=False`` the model is deterministic and only
+  the augmentations vary). The summaries are those of :func:`mc_dropout_predict`
+  (:class:`MCPrediction`: mean, std, entropy, mutual information), now over both
+  sources of randomness; a fixed key gives a fixed result.
+
+  Args:
+    apply_fn: the model's ``apply`` (e.g. ``model.apply``).
+    variables: the model's variables (``params``, ``batch_stats``).
+    x: the input batch.
+    key: a PRNG key.
+    augment: ``augment(key, x) -> x_aug``, pure and traceable (e.g. random flips,
+      crops of a fixed size, noise); it may draw one transform per batch or per example
+      (split the key per example). ``jax.vmap``-ed over the samples' keys.
+    num_samples: ``T`` >= 1.
+    mc_dropout: also sample dropout masks (True) or keep the model deterministic.
+    eval_kwargs: keyword arguments of ``apply_fn`` for evaluation mode (default
+      ``{'train': False}``).
+    rng_collection: the dropout layers' rng stream.
+
+  Returns:
+    An :class:`MCPrediction` over the ``T`` passes.
+
+  Example:
+    >>> import flax.linen as nn, jax, jax.numpy as jnp, jaxnorm
+    >>> from jaxnorm import training
+    >>> class Net(nn.Module):
+    ...   @nn.compact
+    ...   def __call__(self, x, train: bool):
+    ...     x = jaxnorm.Dropout(0.2, deterministic=not train)(nn.relu(nn.Dense(16)(x)))
+    ...     return nn.Dense(3)(x)
+    >>> x = jnp.ones((5, 4))
+    >>> variables = Net().init(jax.random.key(0), x, train=False)
+    >>> def jitter(key, x):
+    ...   return x + 0.1 * jax.random.normal(key, x.shape)
+    >>> pred = training.mc_tta_predict(Net().apply, variables, x, jax.random.key(1),
+    ...                                augment=jitter, num_samples=8)
+    >>> pred.probs.shape, pred.mutual_information.shape
+    ((8, 5, 3), (5,))
+  """
+  fn = "jaxnorm.training.mc_tta_predict"
+  if not callable(augment):
+    raise TypeError(f"{fn}: augment must be a function augment(key, x) -> x_aug (key "
+                    f"first); got {type(augment).__name__}.")
+  if num_samples < 1:
+    raise ValueError(f"{fn}: num_samples must be >= 1; got {num_samples}.")
+  eval_kwargs = {"train": False} if eval_kwargs is None else dict(eval_kwargs)
+
+  def logits_fn(sample_key):
+    augment_key, dropout_key = jax.random.split(sample_key)
+    x_aug = augment(augment_key, x)
+    if not mc_dropout:
+      return apply_fn(variables, x_aug, **eval_kwargs)
+    with nn.intercept_methods(_stochastic_dropout):
+      return apply_fn(variables, x_aug, rngs={rng_collection: dropout_key}, **eval_kwargs)
 
   return monte_carlo_predict(logits_fn, key, num_samples)

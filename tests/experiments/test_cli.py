@@ -67,12 +67,15 @@ def _table_rows(text: str) -> dict[str, list[str]]:
 def test_list():
   result = _cli("list")
   assert result.returncode == 0, _explain(result)
+  from experiments import EXPERIMENTS  # pylint: disable=import-outside-toplevel
   lines = [line for line in result.stdout.splitlines() if line.strip()]
-  assert len(lines) == 1, result.stdout
-  name, description = lines[0].split(None, 1)
-  assert name == "seed-mlp"
-  assert description == ("the notebook's MLP: plain vs +BN vs +Dropout vs +BN+Dropout "
-                         "over seeds")
+  assert len(lines) == len(EXPERIMENTS), result.stdout
+  listed = dict(line.split(None, 1) for line in lines)
+  assert list(listed) == list(EXPERIMENTS)
+  assert listed["seed-mlp"] == ("the notebook's MLP: plain vs +BN vs +Dropout vs "
+                                "+BN+Dropout over seeds")
+  for name, module in EXPERIMENTS.items():
+    assert listed[name] == module.DESCRIPTION
 
 
 # --------------------------------------------------------------------------- digits run
@@ -81,6 +84,9 @@ def test_list():
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
   out = tmp_path_factory.mktemp("digits-out")
+  # A file left by an earlier run: the new run must replace the run directory as a whole.
+  (out / "seed-mlp").mkdir()
+  (out / "seed-mlp" / "stale.png").write_bytes(b"old")
   result = _cli("run", "seed-mlp", "--quick", "--seeds", "1", "--epochs", "1",
                 "--out", str(out))
   return result, out / "seed-mlp"
@@ -92,9 +98,17 @@ def test_digits_run_exits_cleanly(digits_run):
   assert "Traceback" not in result.stderr
 
 
+def test_digits_run_replaces_the_previous_run(digits_run):
+  result, out_dir = digits_run
+  assert result.returncode == 0, _explain(result)
+  assert not (out_dir / "stale.png").exists()
+  assert sorted(p.name for p in out_dir.parent.iterdir()) == ["seed-mlp"]
+
+
 def test_digits_run_parameter_summary(digits_run):
   result, _ = digits_run
   stdout = result.stdout
+  assert "parameters of the +BN+Dropout variant" in stdout
   assert "digits: 1438 train / 359 test examples, 64 features, 10 classes" in stdout
   assert re.search(r"^for 784 inputs: 109,770 parameters \(notebook: 109,770, match\)$",
                    stdout, flags=re.MULTILINE), stdout
@@ -107,8 +121,8 @@ def test_digits_run_parameter_summary(digits_run):
 def test_digits_run_prints_table(digits_run):
   result, _ = digits_run
   stdout = result.stdout
-  assert "| variant | parameters | test accuracy | test loss | final train loss | s / run |" \
-      in stdout
+  assert ("| variant | parameters | test accuracy | test loss | final train loss | "
+          "train s / run | compile s |") in stdout
   rows = _table_rows(stdout)
   assert [name for name in rows if name != "variant"] == list(VARIANTS)
   assert rows["plain"][0] == rows["+Dropout"][0] == "17,226"
@@ -154,7 +168,8 @@ def test_digits_run_table_md(digits_run):
   assert _table_rows(result.stdout) == rows
   payload = json.loads((out_dir / "results.json").read_text(encoding="utf-8"))
   for run in payload["runs"]:
-    assert rows[run["variant"]][1] == f"{run['test_accuracy']:.4f} ± 0.0000"
+    # One seed: the mean alone, no meaningless "± 0".
+    assert rows[run["variant"]][1] == f"{run['test_accuracy']:.4f}"
 
 
 @pytest.mark.parametrize("name", ["loss_curves.png", "accuracy_curves.png"])
@@ -226,3 +241,29 @@ def test_non_positive_counts_rejected(tmp_path, option):
   assert "Traceback" not in result.stderr
   assert f"error: {option} must be >= 1; got 0" in result.stderr
   assert not out.exists()
+
+
+def test_negative_split_seed_rejected(tmp_path):
+  out = tmp_path / "out"
+  result = _cli("run", "seed-mlp", "--quick", "--split-seed", "-1", "--out", str(out))
+  assert result.returncode == 2, _explain(result)
+  assert "Traceback" not in result.stderr
+  assert "error: --split-seed must be >= 0" in result.stderr
+  assert not out.exists()
+
+
+def test_unwritable_out_rejected_before_training(tmp_path):
+  blocker = tmp_path / "a-file"
+  blocker.write_text("not a directory")
+  result = _cli("run", "seed-mlp", "--quick", "--out", str(blocker))
+  assert result.returncode == 2, _explain(result)
+  assert "Traceback" not in result.stderr
+  assert f"error: --out {blocker}: exists and is not a directory" in result.stderr
+  assert "seed 0" not in result.stdout  # nothing was trained
+
+
+def test_report_without_runs(tmp_path):
+  result = _cli("report", "--runs", str(tmp_path / "none"), "--output",
+                str(tmp_path / "REPORT.md"))
+  assert result.returncode == 2, _explain(result)
+  assert "no finished run" in result.stderr and "Traceback" not in result.stderr

@@ -515,8 +515,13 @@ def test_split_disjoint_covering_sizes(n):
 @given(n=st.integers(1, 300), fraction=st.floats(0.01, 0.99), seed=st.integers(0, 2**31))
 def test_split_properties(n, fraction, seed):
   x, y = _split_arrays(n)
+  n_train = int(round((1 - fraction) * n))
+  if not 0 < n_train < n:  # no training or no test example: an error, never a silent split
+    with pytest.raises(DataError, match=f"gives {n_train} training and {n - n_train} test"):
+      data_lib.split(x, y, seed=seed, test_fraction=fraction)
+    return
   x_train, y_train, x_test, y_test = data_lib.split(x, y, seed=seed, test_fraction=fraction)
-  assert len(y_train) == int(round((1 - fraction) * n))
+  assert len(y_train) == n_train and len(y_test) == n - n_train
   assert sorted(np.concatenate([y_train, y_test]).tolist()) == y.tolist()
   np.testing.assert_array_equal(x_train[:, 0], y_train / 7 * 3)
 
@@ -626,3 +631,194 @@ def test_unknown_dataset(name):
   assert repr(name) in message
   for choice in ("digits", "mnist1d", "fashion-csv", "idx"):
     assert choice in message
+
+
+# --------------------------------------------------------------------------- shared rules
+
+
+def _write_idx_typed(path, array: np.ndarray, type_code: int) -> str:
+  """An IDX file of any element type (big-endian, as the format stores it)."""
+  dtype = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4",
+           0x0E: ">f8"}[type_code]
+  header = bytes([0, 0, type_code, array.ndim]) + struct.pack(f">{array.ndim}I",
+                                                              *array.shape)
+  path.write_bytes(header + np.ascontiguousarray(array, dtype).tobytes())
+  return str(path)
+
+
+@pytest.mark.parametrize("type_code,label", [
+    (0x09, -1), (0x0D, 2.7), (0x0C, 2**31 - 1), (0x0B, 1000), (0x0E, float("nan")),
+    (0x0D, float("inf"))])
+def test_idx_bad_label_names_file_example_and_value(tmp_path, type_code, label):
+  images, labels = _images_labels(6)
+  labels = labels.astype(np.float64)
+  labels[4] = label
+  image_path = _write_idx(tmp_path / "imgs", images)
+  label_path = _write_idx_typed(tmp_path / "lbls", labels, type_code)
+  with pytest.raises(DataError) as excinfo:
+    data_lib.load_dataset("idx", path=f"{image_path},{label_path}")
+  message = str(excinfo.value)
+  assert message.startswith(label_path + ": example 4 has label ")
+  assert repr(np.asarray(labels[4], {0x09: np.int8, 0x0B: np.int16, 0x0C: np.int32}.get(
+      type_code, np.float64)).item()).rstrip("0").rstrip(".") in message
+  assert "0-999" in message
+
+
+def test_idx_labels_of_every_integer_type_and_whole_floats_load(tmp_path):
+  images, labels = _images_labels(12)
+  labels = (np.arange(12) * 83 % 1000).astype(np.int64)  # up to 913 < MAX_CLASSES
+  image_path = _write_idx(tmp_path / "imgs", images)
+  for type_code in (0x0B, 0x0C, 0x0D, 0x0E):
+    label_path = _write_idx_typed(tmp_path / f"lbls{type_code}", labels, type_code)
+    x, y = data_lib.load_idx_arrays(f"{image_path},{label_path}")
+    assert y.dtype == np.int32
+    np.testing.assert_array_equal(y, labels)
+  dataset = data_lib.load_dataset("idx", path=f"{image_path},{label_path}")
+  assert dataset.num_classes == labels.max() + 1
+
+
+@pytest.mark.parametrize("type_code", [0x0D, 0x0E])
+def test_idx_float_images_already_in_unit_range_are_kept(tmp_path, type_code):
+  rng = np.random.default_rng(1)
+  images = rng.random((5, 4, 4))
+  images[0, 0, 0], images[0, 0, 1] = 0.0, 1.0
+  image_path = _write_idx_typed(tmp_path / "imgs", images, type_code)
+  label_path = _write_idx(tmp_path / "lbls", np.arange(5, dtype=np.uint8))
+  x, _ = data_lib.load_idx_arrays(f"{image_path},{label_path}")
+  stored = images.astype(np.float32 if type_code == 0x0D else np.float64)
+  np.testing.assert_array_equal(x, stored.reshape(5, -1).astype(np.float32))
+  assert x.max() == 1.0  # not divided by 255 again
+
+
+@pytest.mark.parametrize("type_code", [0x0D, 0x0E, 0x0B, 0x0C])
+def test_idx_images_on_the_255_scale_are_divided(tmp_path, type_code):
+  images = np.arange(5 * 16).reshape(5, 4, 4) * 3 % 256
+  image_path = _write_idx_typed(tmp_path / "imgs", images, type_code)
+  label_path = _write_idx(tmp_path / "lbls", np.arange(5, dtype=np.uint8))
+  x, _ = data_lib.load_idx_arrays(f"{image_path},{label_path}")
+  np.testing.assert_allclose(x, images.reshape(5, -1) / 255.0, rtol=1e-7)
+
+
+@pytest.mark.parametrize("type_code,value,expected", [
+    (0x0D, float("nan"), "non-finite value nan at feature 5"),
+    (0x0E, float("-inf"), "non-finite value -inf at feature 5"),
+    (0x0D, 255.5, "pixel value 255.5 at pixel 5"),
+    (0x0D, -0.5, "pixel value -0.5 at pixel 5"),
+    (0x09, -3, "pixel value -3 at pixel 5"),
+    (0x0B, 300, "pixel value 300 at pixel 5")])
+def test_idx_bad_pixels_name_file_example_and_value(tmp_path, type_code, value, expected):
+  images = np.full((4, 2, 4), 7.0)
+  images[2, 1, 1] = value  # flat pixel 5 of example 2
+  image_path = _write_idx_typed(tmp_path / "imgs", images, type_code)
+  label_path = _write_idx(tmp_path / "lbls", np.arange(4, dtype=np.uint8))
+  with pytest.raises(DataError) as excinfo:
+    data_lib.load_idx_arrays(f"{image_path},{label_path}")
+  assert str(excinfo.value).startswith(f"{image_path}: example 2 has ")
+  assert expected in str(excinfo.value)
+
+
+@pytest.mark.parametrize("header", [True, False], ids=["header", "no-header"])
+def test_fashion_csv_with_byte_order_mark(tmp_path, header):
+  table = _fashion_table(6)
+  plain = _write_fashion(tmp_path / "plain.csv", table, header=header)
+  marked = tmp_path / "marked.csv"
+  marked.write_bytes(b"\xef\xbb\xbf" + (tmp_path / "plain.csv").read_bytes())
+  x, y = data_lib.read_fashion_csv(str(marked))
+  x_plain, y_plain = data_lib.read_fashion_csv(plain)
+  np.testing.assert_array_equal(x, x_plain)
+  np.testing.assert_array_equal(y, y_plain)
+  np.testing.assert_array_equal(x, _expected_pixels(table))
+
+
+@pytest.mark.parametrize("header", [
+    ",".join(str(i) for i in range(785)), ",".join(str(i) for i in range(1, 786)),
+    "label," + ",".join(str(i) for i in range(1, 785)), "  label ,  " + ",".join(
+        f"p{i}" for i in range(784))],
+    ids=["numbered-from-0", "numbered-from-1", "label-then-numbers", "spaced-names"])
+def test_fashion_csv_header_rows_are_recognised(tmp_path, header):
+  table = _fashion_table(5)
+  path = _write_lines(tmp_path / "header.csv", [header] + _rows_as_text(table))
+  x, y = data_lib.read_fashion_csv(path)
+  np.testing.assert_array_equal(y, table[:, 0])
+  np.testing.assert_array_equal(x, _expected_pixels(table))
+
+
+def test_fashion_csv_numeric_first_row_that_is_not_data_is_explained(tmp_path):
+  """A numeric header that is not the column numbers fails as data, with a hint."""
+  header = ",".join(str(i * 2) for i in range(785))
+  path = _write_lines(tmp_path / "numeric.csv", [header] + _rows_as_text(_fashion_table(3)))
+  with pytest.raises(DataError) as excinfo:
+    data_lib.read_fashion_csv(path)
+  _assert_data_error(excinfo, path, "line 1 (data row 1)", "If line 1 is a header",
+                     "'label'")
+
+
+def test_fashion_csv_errors_name_the_line_of_the_file(tmp_path):
+  lines = _rows_as_text(_fashion_table(4))
+  lines[2] = "11," + lines[2].split(",", 1)[1]
+  path = _write_lines(tmp_path / "blank.csv", [HEADER, "", lines[0], "  ", lines[1],
+                                               lines[2], lines[3]])
+  with pytest.raises(DataError) as excinfo:
+    data_lib.read_fashion_csv(path)
+  _assert_data_error(excinfo, path, "line 6 (data row 3) has label 11.0", "0-9")
+
+
+def test_fashion_csv_fractional_pixels_in_unit_range_are_kept(tmp_path):
+  rng = np.random.default_rng(2)
+  pixels = np.round(rng.random((3, PIXELS)), 6)
+  pixels[0, :2] = [0.0, 1.0]
+  lines = [f"{k}," + ",".join(repr(float(v)) for v in row) for k, row in enumerate(pixels)]
+  x, y = data_lib.read_fashion_csv(_write_lines(tmp_path / "unit.csv", lines))
+  np.testing.assert_array_equal(x, pixels.astype(np.float32))
+  np.testing.assert_array_equal(y, [0, 1, 2])
+
+
+@pytest.mark.parametrize("rows,fraction,expected", [
+    (1, 0.2, "gives 1 training and 0 test"), (2, 0.2, "gives 2 training and 0 test"),
+    (4, 0.9, "gives 0 training and 4 test")])
+def test_split_without_test_or_training_examples_names_the_file(tmp_path, rows, fraction,
+                                                                expected):
+  path = _write_fashion(tmp_path / "tiny.csv", _fashion_table(rows), header=True)
+  with pytest.raises(DataError) as excinfo:
+    data_lib.load_dataset("fashion-csv", path=path, test_fraction=fraction)
+  _assert_data_error(excinfo, path, expected)
+
+
+def test_fewer_training_examples_than_one_batch(tmp_path):
+  path = _write_fashion(tmp_path / "small.csv", _fashion_table(39), header=True)
+  with pytest.raises(DataError) as excinfo:
+    data_lib.load_dataset("fashion-csv", path=path, batch_size=32)
+  _assert_data_error(excinfo, path, "31 training example(s) (of 39", "one batch of 32")
+  assert len(data_lib.load_dataset("fashion-csv", path=path, batch_size=31).x_train) == 31
+
+
+def test_seed_mlp_rejects_a_too_small_data_set_before_training(tmp_path, capsys):
+  from experiments import seed_mlp  # pylint: disable=import-outside-toplevel
+  from experiments.spec import RunContext  # pylint: disable=import-outside-toplevel
+  path = _write_fashion(tmp_path / "small.csv", _fashion_table(30), header=True)
+  ctx = RunContext(out_dir=str(tmp_path / "out"), quick=True, seeds=2, data="fashion-csv",
+                   data_path=path)
+  with pytest.raises(DataError, match="one batch of 32"):
+    seed_mlp.run(ctx)
+  assert not (tmp_path / "out").exists()
+  assert capsys.readouterr().out == ""  # nothing was trained or printed
+
+
+@settings(max_examples=50, deadline=None)
+@given(labels=st.lists(st.one_of(st.integers(-3, 12), st.floats(allow_nan=True,
+                                                                 allow_infinity=True,
+                                                                 width=32)),
+                       min_size=1, max_size=20))
+def test_check_labels_against_a_reference(labels):
+  values = np.asarray(labels, np.float64)
+  bad = [i for i, v in enumerate(values)
+         if not (np.isfinite(v) and v == np.round(v) and 0 <= v < 10)]
+  if not bad:
+    np.testing.assert_array_equal(
+        data_lib.check_labels(values, source="f.csv", num_classes=10), values)
+    return
+  with pytest.raises(DataError) as excinfo:
+    data_lib.check_labels(values, source="f.csv", num_classes=10)
+  assert str(excinfo.value).startswith(
+      f"f.csv: example {bad[0]} has label {values[bad[0]].item()!r}; ")
+  assert f"({len(bad)} label(s) are not)" in str(excinfo.value)

@@ -52,7 +52,14 @@ def assert_trees_equal(a, b):
   leaves_b = jax.tree_util.tree_flatten_with_path(b)[0]
   assert [p for p, _ in leaves_a] == [p for p, _ in leaves_b]
   for (path, la), (_, lb) in zip(leaves_a, leaves_b):
-    np.testing.assert_array_equal(np.asarray(la), np.asarray(lb), err_msg=str(path))
+    np.testing.assert_array_equal(_bits(la), _bits(lb), err_msg=str(path))
+
+
+def _bits(leaf):
+  """A leaf as a NumPy array; a typed PRNG key as its raw data (and its impl kept)."""
+  if jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key):
+    return np.asarray(jax.random.key_data(leaf))
+  return np.asarray(leaf)
 
 
 @pytest.fixture

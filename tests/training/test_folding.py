@@ -88,3 +88,15 @@ def test_feature_mismatch_is_an_error():
   with pytest.raises(ValueError, match=r"BatchNorm_1 has statistics of shape \(16,\) but "
                      r"Dense_0 has 32 output features"):
     training.fold_batch_norm(variables, [wrong])
+
+
+@pytest.mark.parametrize("var", [np.nan, -1e-3, -0.5])
+def test_non_finite_folded_weights_are_an_error(var):
+  """A NaN running variance, or var + epsilon <= 0, would fold into dead weights."""
+  x = np.ones((4, 10), np.float32)
+  variables = MLP().init(jax.random.key(0), x, train=False)
+  pairs = training.find_foldable_pairs(MLP().apply, variables, x, train=False)
+  stats = jax.tree.map(lambda a: a, variables["batch_stats"])
+  stats["BatchNorm_0"]["var"] = stats["BatchNorm_0"]["var"].at[3].set(var)
+  with pytest.raises(ValueError, match="folding BatchNorm_0 into Dense_0 gives non-finite"):
+    training.fold_batch_norm({**variables, "batch_stats": stats}, pairs)

@@ -21,8 +21,16 @@ def test_scan_epoch_equals_per_step_loop(state_factory, toy_data, trees_equal):
     assert scan_metrics["loss"].shape == (6,)
     np.testing.assert_allclose(np.asarray(scan_metrics["loss"]),
                                np.asarray(step_metrics["loss"]), rtol=1e-6, atol=1e-7)
-  # Same batches, same keys, same arithmetic: bit for bit the same state.
-  trees_equal(scan_state, per_step_state)
+  # Same batches, same keys, same arithmetic; XLA may fuse the scan body and a lone step
+  # differently (an FMA more or less), so floats agree to rounding, the rest exactly.
+  leaves = zip(jax.tree_util.tree_flatten_with_path(scan_state)[0],
+               jax.tree.leaves(per_step_state))
+  for (path, a), b in leaves:
+    a, b = np.asarray(a), np.asarray(b)
+    if np.issubdtype(a.dtype, np.floating):
+      np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7, err_msg=str(path))
+    else:
+      np.testing.assert_array_equal(a, b, err_msg=str(path))
   assert int(scan_state.step) == 12
 
 

@@ -4,6 +4,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import chex
 import optax
 import pytest
 
@@ -112,7 +113,9 @@ def test_learning_rate_schedule_is_accepted():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(name="rmsprop"), "name must be one of"),
+    (dict(name="adamx"), r"name must be one of \['sgd', .*'adamw'.*\]; got 'adamx'"),
+    (dict(name="adamw"), r"name='adamw' decays weights decoupled, but weight_decay=0.0"),
+    (dict(name="nadamw"), r"optax.nadamw uses 1e-4\), or use name='nadam'"),
     (dict(name="sgd", weight_decay=-1.0), "weight_decay must be >= 0; got -1.0"),
     (dict(name="sgd", clip_norm=0.0), "clip_norm must be > 0 or None; got 0.0"),
 ])
@@ -120,3 +123,46 @@ def test_make_optimizer_errors(kwargs, match):
   name = kwargs.pop("name")
   with pytest.raises(ValueError, match=match):
     training.make_optimizer(name, 0.1, **kwargs)
+
+
+def test_make_optimizer_rejects_a_non_string_name():
+  with pytest.raises(TypeError, match="name must be a string.*got <function sgd"):
+    training.make_optimizer(optax.sgd, 0.1)
+
+
+# Each name against the optax alias of that name (an independent construction), with the
+# same decay mask; weight decay where the alias takes it, else none.
+_OPTAX_ALIASES = [
+    ("sgd", {}, lambda: optax.sgd(0.05)),
+    ("momentum", {"momentum": 0.8}, lambda: optax.sgd(0.05, momentum=0.8)),
+    ("nesterov", {"momentum": 0.8}, lambda: optax.sgd(0.05, momentum=0.8, nesterov=True)),
+    ("adam", {}, lambda: optax.adam(0.05)),
+    ("AdamW", {"weight_decay": 0.1},
+     lambda: optax.adamw(0.05, weight_decay=0.1, mask=training.decay_mask)),
+    ("nadam", {}, lambda: optax.nadam(0.05)),
+    ("nadamw", {"weight_decay": 0.1},
+     lambda: optax.nadamw(0.05, weight_decay=0.1, mask=training.decay_mask)),
+    ("radam", {}, lambda: optax.radam(0.05)),
+    ("adamax", {}, lambda: optax.adamax(0.05)),
+    ("adabelief", {}, lambda: optax.adabelief(0.05)),
+    ("rmsprop", {}, lambda: optax.rmsprop(0.05)),
+    ("adagrad", {}, lambda: optax.adagrad(0.05)),
+    ("lion", {"weight_decay": 0.1, "decoupled_weight_decay": True},
+     lambda: optax.lion(0.05, weight_decay=0.1, mask=training.decay_mask)),
+]
+
+
+@pytest.mark.parametrize("name, kwargs, alias", _OPTAX_ALIASES,
+                         ids=[name for name, _, _ in _OPTAX_ALIASES])
+def test_named_optimizer_matches_the_optax_alias(name, kwargs, alias):
+  params = {"Dense_0": {"kernel": jnp.asarray([[0.5, -1.0], [2.0, 0.25]]),
+                        "bias": jnp.asarray([0.1, -0.3])}}
+  ours, theirs = training.make_optimizer(name, 0.05, **kwargs), alias()
+  state_ours, state_theirs = ours.init(params), theirs.init(params)
+  rng = np.random.default_rng(0)
+  for _ in range(4):  # several steps: moments, bias corrections and decay all act
+    grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype), params)
+    u_ours, state_ours = ours.update(grads, state_ours, params)
+    u_theirs, state_theirs = theirs.update(grads, state_theirs, params)
+    chex.assert_trees_all_close(u_ours, u_theirs, rtol=1e-6, atol=1e-7)
+    params = optax.apply_updates(params, u_ours)

@@ -110,3 +110,17 @@ def test_errors(setup):
   with pytest.raises(ValueError, match="no BatchNorm layer"):
     training.precise_batch_stats(apply, {**dense_vars, "batch_stats": {}},
                                  [np.zeros((4, 3), np.float32)])
+
+
+def test_non_finite_inputs_name_the_layer_and_batch():
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x, train):
+      return jaxnorm.BatchNorm(use_running_average=not train)(nn.Dense(4)(x))
+
+  x = np.ones((8, 3), np.float32)
+  variables = Net().init(jax.random.key(0), x, train=False)
+  bad = x.copy()
+  bad[2, 1] = np.inf
+  with pytest.raises(ValueError, match="inputs of BatchNorm_0 are not finite in batch 1"):
+    training.precise_batch_stats(Net().apply, variables, [x, bad, x])
