@@ -218,6 +218,23 @@ class Moments(NamedTuple):
   factor: jax.Array
 
 
+def in_input_units(centred: jax.Array, stats: Moments):
+  """``(x - k, k, delta)`` in the units of ``x``, from ``c`` and its :class:`Moments`.
+
+  For callers that work in the units of ``x`` (whitening, RevIN) rather than the
+  scaled units of ``c``: ``x - k = c / scale`` with ``k = shift / scale``, and
+  ``delta = mean(x - k)``. Dividing by the power-of-two ``scale`` is exact.
+  """
+  return centred / stats.scale, stats.shift / stats.scale, stats.delta / stats.scale
+
+
+def _psum(value, axis_name, axis_index_groups):
+  """``lax.psum``, after a clear error for an unbound ``axis_name``
+  (:func:`jaxnorm._checks.check_axis_name`)."""
+  _checks.check_axis_name(axis_name, fn="jaxnorm")
+  return lax.psum(value, axis_name, axis_index_groups=axis_index_groups)
+
+
 def _common_reference(exponent, shift, has_values, axis_name, axis_index_groups, dtype):
   """One scale and one shift for all devices of ``axis_name``: the largest exponent and
   the largest per-device shift (a value of the data, so a constant group stays exact).
@@ -312,14 +329,16 @@ def centred_moments(
 
   def rescaled(x):  # recomputed from x: no array of x's size outlives the main pass
     _, f1, f2 = sums(valid_values(x, far)[1], jnp.zeros((), real))
-    return (jnp.where(overflow, f1, s1), jnp.where(overflow, f2, s2),
-            jnp.where(overflow, jnp.asarray(far, real), 1))
+    return jnp.where(overflow, f1, s1), jnp.where(overflow, f2, s2)
 
   def unchanged(_):
-    return s1, s2, jnp.ones(s2.shape, real)
+    return s1, s2
 
-  s1, s2, factor = lax.cond(jnp.any(overflow), rescaled, unchanged, x)
-  factor = lax.stop_gradient(factor)
+  # The factor is chosen outside the cond, so both branches return values of the same
+  # kind (also under shard_map without axis_name, where they vary across devices).
+  s1, s2 = lax.cond(jnp.any(overflow), rescaled, unchanged, x)
+  factor = lax.stop_gradient(jnp.where(overflow, jnp.asarray(far, real),
+                                       jnp.ones((), real)))
   count = jnp.broadcast_to(count, s2.shape)
   safe_count = jnp.maximum(count, 1)
   delta = s1 / safe_count  # in units of c * factor

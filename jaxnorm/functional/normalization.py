@@ -214,7 +214,7 @@ _normalize.defjvp(_normalize_jvp, symbolic_zeros=True)
 
 
 def _as_param(param, name, natural_shape, param_shape, x_shape, axis_desc, fn,
-              allow_complex):
+              allow_complex=False):
   """Validates ``scale``/``bias`` and reshapes it to broadcast against ``x``.
 
   Accepted: the sizes of ``x`` on the normalized/feature axes (``natural_shape``), or any
@@ -518,12 +518,15 @@ _FLAX_GROUPS_MESSAGE = ("Either `num_groups` or `group_size` should be specified
                         "argument to override the default `num_groups` value of 32.")
 
 
-def _groups(channels: int, num_groups: int | None, group_size: int | None, fn: str) -> int:
+def _groups(channels: int, num_groups: int | None, group_size: int | None, fn: str, *,
+            features: bool = False) -> int:
   """The number of groups from exactly one of ``num_groups`` / ``group_size``.
 
-  The messages contain flax.linen.GroupNorm's own words, so code matching them keeps
-  working after the swap.
+  The messages contain flax.linen.GroupNorm's own words (flax.nnx.GroupNorm's with
+  ``features``: it checks ``num_features`` at construction), so code matching them
+  keeps working after the swap.
   """
+  noun = "features" if features else "channels"
   for name, value in (("num_groups", num_groups), ("group_size", group_size)):
     if value is not None and (not isinstance(value, (int, np.integer)) or isinstance(
         value, (bool, np.bool_))):
@@ -534,9 +537,10 @@ def _groups(channels: int, num_groups: int | None, group_size: int | None, fn: s
                      f"({_FLAX_GROUPS_MESSAGE})")
   if group_size is not None:
     if group_size < 1 or channels % group_size:
+      where = "num_features" if features else "x.shape[-1]"
       raise ValueError(f"{fn}: group_size={group_size} does not divide the {channels} "
-                       f"channels (x.shape[-1]); use a divisor of {channels}. (Number of "
-                       f"channels ({channels}) is not multiple of the group size "
+                       f"channels ({where}); use a divisor of {channels}. (Number of "
+                       f"{noun} ({channels}) is not multiple of the group size "
                        f"({group_size}).)")
     return channels // group_size
   if num_groups < 1 or channels % num_groups:

@@ -22,9 +22,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxnorm import _checks
-from jaxnorm.functional._stats import centred_moments, compute_dtype
-from jaxnorm.functional.composite import _affine
-from jaxnorm.functional.normalization import _as_param, _prepare
+from jaxnorm.functional._stats import centred_moments, compute_dtype, in_input_units
+from jaxnorm.functional.composite import _affine, _guard_normalized
+from jaxnorm.functional.normalization import (
+    _as_param, _guard_padding, _prepare, _restore_padding)
 
 
 class RevINStats(NamedTuple):
@@ -105,7 +106,10 @@ def revin_normalize(
   reduce_axes = _reduce_axes(feature_axes, x.ndim, axis, x.shape, fn)
   centred, moments = centred_moments(x, reduce_axes, mask)
   std = jnp.sqrt(moments.var + epsilon)
-  y = _affine((centred - moments.delta) / std, scale, bias)
+  centred, _, delta = in_input_units(centred, moments)
+  centred, bad = _guard_padding(centred, mask)  # padding influences nothing, also backward
+  y, bad = _guard_normalized((centred - delta) / std, bad, mask)
+  y = _restore_padding(_affine(y, scale, bias), bad)
   return y.astype(x.dtype), RevINStats(moments.mean, std)
 
 

@@ -26,6 +26,8 @@ _BIAS = np.linspace(-0.3, 0.3, _C).astype(np.float32)
 _W = np.random.default_rng(13).normal(size=_X.shape).astype(np.float32)
 _STATS = F.BatchStats(jnp.full(_C, 0.5), jnp.full(_C, 2.0))
 _RENORM = F.BatchRenormStats(jnp.full(_C, 0.5), jnp.full(_C, 2.0), jnp.int32(0))
+_WHITENING = F.WhiteningStats(  # a mean and a whitening matrix that are not trivial
+    jnp.full(_C, 0.5), jnp.asarray(np.eye(_C, dtype=np.float32)[None] * 0.7 + 0.1))
 _PADDING = [np.nan, np.inf, -np.inf, 3e38]
 
 
@@ -95,12 +97,24 @@ def _calls(ref):
       "evonorm_s0": (
           lambda x, s, b, m: F.evonorm_s0(x, s, b, v, num_groups=2, mask=m),
           lambda x, s, b, m: ref.evonorm_s0(x, s, b, v, num_groups=2, mask=m), None),
+      "revin_normalize": (
+          lambda x, s, b, m: F.revin_normalize(x, s, b, mask=m)[0], None, None),
+      "decorrelated_batch_norm": (
+          lambda x, s, b, m: F.decorrelated_batch_norm(
+              x, s, b, _WHITENING, train=True, group_size=_C, mask=m)[0], None, None),
+      "decorrelated_batch_norm_eval": (
+          lambda x, s, b, m: F.decorrelated_batch_norm(
+              x, s, b, _WHITENING, train=False, group_size=_C, mask=m)[0], None, None),
+      "iter_norm": (
+          lambda x, s, b, m: F.iter_norm(x, s, b, _WHITENING, train=True, group_size=_C,
+                                         mask=m)[0], None, None),
   }
 
 
 _NAMES = ["batch_norm", "batch_norm_eval", "layer_norm", "group_norm", "instance_norm",
           "rms_norm", "batch_renorm", "batch_renorm_eval", "ghost_batch_norm",
-          "switch_norm", "switch_norm_eval", "evonorm_b0", "evonorm_s0"]
+          "switch_norm", "switch_norm_eval", "evonorm_b0", "evonorm_s0", "revin_normalize",
+          "decorrelated_batch_norm", "decorrelated_batch_norm_eval", "iter_norm"]
 
 
 def _valid(y):
