@@ -135,7 +135,8 @@ def check_dropout_rate(rate: Any, *, fn: str) -> None:
 
 def concrete_dropout_init_logit(init_rate: float, *, fn: str) -> float:
   """The logit of ``init_rate``, which must lie in the open interval (0, 1)."""
-  if not 0.0 < init_rate < 1.0:
+  rate = _checks.scalar(init_rate, name="init_rate", fn=fn)  # a number, not a bool/str
+  if rate is None or not 0.0 < rate < 1.0:  # NaN fails too
     raise ValueError(f"{fn}: init_rate must be in the open interval (0, 1) (its logit is "
                      f"learned); got {init_rate!r}.")
-  return math.log(init_rate) - math.log1p(-init_rate)
+  return math.log(rate) - math.log1p(-rate)

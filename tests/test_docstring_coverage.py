@@ -20,17 +20,6 @@ MODULES = [
     "jaxnorm.kernels",
 ]
 
-# Not yet holding an example: their docstrings (jaxnorm/functional/normalization.py) are
-# being given examples in a separate change. Delete a name here once it has one;
-# test_pending_names_still_lack_examples says when.
-PENDING = frozenset({
-    "jaxnorm.functional.batch_norm",
-    "jaxnorm.functional.group_norm",
-    "jaxnorm.functional.instance_norm",
-    "jaxnorm.functional.layer_norm",
-    "jaxnorm.functional.rms_norm",
-})
-
 _FINDER = doctest.DocTestFinder(recurse=False)
 
 
@@ -55,21 +44,11 @@ def test_public_names_have_examples(module_name):
   api = _public_api(module_name)
   assert api, f"{module_name}.__all__ lists no function or class"
   missing = sorted(name for name, obj in api.items()
-                   if name not in PENDING and not _has_example(obj, name))
+                   if not _has_example(obj, name))
   assert not missing, (
       f"these public names of {module_name} have no '>>>' example in their docstring: "
       f"{', '.join(missing)}. Add a short 'Example:' section (2-5 '>>>' lines, tiny "
       "shapes, outputs that are stable across platforms).")
-
-
-def test_pending_names_still_lack_examples():
-  api = {}
-  for module_name in MODULES:
-    api.update(_public_api(module_name))
-  unknown = sorted(PENDING - set(api))
-  assert not unknown, f"PENDING lists names that are not public: {unknown}"
-  done = sorted(name for name in PENDING if _has_example(api[name], name))
-  assert not done, f"these names now have examples; delete them from PENDING: {done}"
 
 
 def test_checker_tells_examples_apart():

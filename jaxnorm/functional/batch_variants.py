@@ -16,7 +16,8 @@ from jax import lax
 from jaxnorm import _checks
 from jaxnorm.functional._stats import BatchStats
 from jaxnorm.functional.normalization import (
-    _checked_stats, _normalize, _prepare, ema_update, normalize_with_stats)
+    _checked_stats, _guard_padding, _normalize, _prepare, _restore_padding,
+    check_batch_values, check_momentum, ema_update, normalize_with_stats)
 
 Limit = float | Callable[[jax.Array], jax.Array]
 
@@ -42,15 +43,17 @@ class BatchRenormStats(NamedTuple):
 def _limit_at(limit: Limit, step, name: str, lowest: float, fn: str, hint: str):
   """Evaluates a constant or schedule limit at ``step``, checking it when concrete.
 
-  A schedule evaluated at a traced step (under ``jax.jit``) is checked at step 0.
+  A number (not a bool or string), or a callable returning one; NaN and values below
+  ``lowest`` are rejected (``inf`` means no clipping). A schedule evaluated at a traced
+  step (under ``jax.jit``) is checked at step 0.
   """
   value = limit(step) if callable(limit) else limit
-  concrete = _checks.concrete_float(value)
+  concrete = _checks.scalar(value, name=name, fn=fn)
   step_value = _checks.concrete_float(step)
   where = f" at step {int(step_value)}" if callable(limit) and step_value is not None else ""
   if concrete is None and callable(limit):
-    concrete, where = _checks.concrete_float(limit(0)), " at step 0"
-  if concrete is not None and concrete < lowest:
+    concrete, where = _checks.scalar(limit(0), name=name, fn=fn), " at step 0"
+  if concrete is not None and not concrete >= lowest:
     raise ValueError(f"{fn}: {name} must be >= {lowest:g}; got {concrete!r}{where}.{hint}")
   return value
 
@@ -85,6 +88,8 @@ def batch_renorm(
   schedules of the step (e.g. ``optax.linear_schedule(1.0, 3.0, 20_000, 5_000)``), the
   step being kept in ``stats``. For ``step < warmup_steps``, ``r = 1, d = 0``: plain
   batch norm. Evaluation normalizes with the running statistics, as batch norm.
+  Numerics, masks and transforms (forward and reverse mode) as in :func:`batch_norm`;
+  ``r_max``/``d_max`` may be ``inf`` (no clipping), never NaN.
 
   Returns:
     ``(y, new_stats)`` with the EMA-updated statistics and ``step + 1`` in training.
@@ -111,15 +116,22 @@ def batch_renorm(
   step = jnp.asarray(stats.step, jnp.int32)
   r_max = _limit_at(r_max, step, "r_max", 1.0, fn, " r_max = 1 gives plain batch norm.")
   d_max = _limit_at(d_max, step, "d_max", 0.0, fn, " d_max = 0 gives plain batch norm.")
+  warmup = _checks.scalar(warmup_steps, name="warmup_steps", fn=fn)
+  if warmup is not None and not (warmup >= 0 and float(warmup).is_integer()):
+    raise ValueError(f"{fn}: warmup_steps must be a whole number >= 0; got "
+                     f"{warmup_steps!r}.")
+  check_momentum(momentum, fn)
   x, epsilon, feature_axes, feature_shape, scale, bias, mask = _prepare(
-      fn, x, scale, bias, mask, epsilon, axis)
+      fn, x, scale, bias, mask, epsilon, axis, axis_name=axis_name)
   running = _checked_stats(stats[:2], feature_shape, x.shape, f"axis={axis!r}", fn)
   if not train:
-    return normalize_with_stats(x, scale, bias, running, epsilon, feature_axes), stats
-  _checks.check_in_unit_interval(momentum, name="momentum", fn=fn)
+    return normalize_with_stats(x, scale, bias, running, epsilon, feature_axes,
+                                mask), stats
   reduce_axes = tuple(a for a in range(x.ndim) if a not in feature_axes)
+  check_batch_values(fn, x.shape, reduce_axes, axis, mask, axis_name)
   xhat, batch_mean, batch_var, count = _normalize(
       x, None, None, mask, reduce_axes, epsilon, axis_name, axis_index_groups)
+  xhat, bad = _guard_padding(xhat, mask)
 
   warm = step < warmup_steps
   r_max = jnp.where(warm, 1.0, r_max)
@@ -135,7 +147,8 @@ def batch_renorm(
   if bias is not None:
     y = y + bias.astype(y.dtype)
   new = ema_update(running, batch_mean, batch_var, count, momentum)
-  return y.astype(x.dtype), BatchRenormStats(new.mean, new.var, step + 1)
+  return _restore_padding(y, bad).astype(x.dtype), BatchRenormStats(new.mean, new.var,
+                                                                     step + 1)
 
 
 def ghost_batch_norm(
@@ -157,7 +170,8 @@ def ghost_batch_norm(
   of ``V = virtual_batch_size`` examples, each normalized with its own statistics as
   :func:`batch_norm` does. The running statistics are updated once per call from all
   virtual batches: with the pooled mean and variance of the whole batch (their exact
-  merge), which is what evaluation normalizes with.
+  merge), which is what evaluation normalizes with. Numerics, masks and transforms
+  (forward and reverse mode) as in :func:`batch_norm`.
 
   Example:
     >>> import jax.numpy as jnp
@@ -177,6 +191,7 @@ def ghost_batch_norm(
   """
   fn = "jaxnorm.functional.ghost_batch_norm"
   train = _checks.check_static_bool(train, name="train", fn=fn)
+  check_momentum(momentum, fn)
   x, epsilon, feature_axes, feature_shape, scale, bias, mask = _prepare(
       fn, x, scale, bias, mask, epsilon, axis)
   if stats is not None:
@@ -184,15 +199,16 @@ def ghost_batch_norm(
   if not train:
     if stats is None:
       raise ValueError(f"{fn}: stats is None but train=False needs running statistics.")
-    return normalize_with_stats(x, scale, bias, stats, epsilon, feature_axes), stats
-  _checks.check_in_unit_interval(momentum, name="momentum", fn=fn)
+    return normalize_with_stats(x, scale, bias, stats, epsilon, feature_axes,
+                                mask), stats
   if 0 in feature_axes:
     raise ValueError(f"{fn}: axis={axis!r} includes axis 0, the batch axis that is split "
                      "into virtual batches; name the feature axes only.")
   size = x.shape[0]
   if isinstance(virtual_batch_size, np.integer):
     virtual_batch_size = int(virtual_batch_size)
-  if not isinstance(virtual_batch_size, int) or virtual_batch_size < 2 or (
+  if not isinstance(virtual_batch_size, int) or isinstance(
+      virtual_batch_size, bool) or virtual_batch_size < 2 or (
       size % virtual_batch_size):
     raise ValueError(
         f"{fn}: virtual_batch_size={virtual_batch_size!r} must be an int >= 2 that divides "

@@ -3,6 +3,11 @@
 Input layout ``(N, ..., C)``: batch first, channels last, the axes between them
 spatial. Statistics come from the one statistics path (instance statistics per example
 and channel, merged exactly into layer and batch statistics); gradients are JAX's.
+
+Like the statistics path, the formulas run in power-of-two units per group (exact), so
+any finite input normalizes correctly: every statistic is brought to the largest of the
+units involved before statistics are mixed or compared, and merges are taken around a
+shift (a value of the data) so that data with ``|mean| >> std`` keeps its variance.
 """
 
 from __future__ import annotations
@@ -13,19 +18,61 @@ import jax
 import jax.numpy as jnp
 
 from jaxnorm import _checks
-from jaxnorm.functional._stats import BatchStats, compute_dtype, masked_moments
+from jaxnorm.functional._stats import (
+    BatchStats, _exponent_above, masked_moments, pow2)
 from jaxnorm.functional.normalization import (
-    _checked_stats, _groups, _prepare, ema_update)
+    _checked_stats, _groups, _guard_padding, _prepare, _restore_padding, _rstd,
+    check_batch_values, check_momentum, ema_update)
 
 
-def _merge(count, mean, var, axes):
-  """Exact merge of per-group (count, mean, var) over ``axes`` (kept as size 1)."""
+def _unit_over(stats, axes):
+  """The unit (``2**-E``) of a merge over ``axes``: the largest ``E`` of the groups
+  with valid values there (1 if none has any)."""
+  unit = jnp.min(jnp.where(stats.count > 0, stats.scale, jnp.inf), axis=axes,
+                 keepdims=True, initial=jnp.inf)
+  return jnp.where(jnp.isfinite(unit), unit, 1)
+
+
+def _convert(value, from_unit, to_unit, power=1):
+  """A statistic in units ``from_unit`` expressed in ``to_unit`` (``to <= from``)."""
+  ratio = to_unit / from_unit  # a power of two <= 1: exact, or negligible if it underflows
+  return value * ratio if power == 1 else value * ratio * ratio
+
+
+def _merge(stats, axes, unit):
+  """Exact merge over ``axes`` of per-group moments, in ``unit``.
+
+  Returns ``(count, reference, offset, var)`` with mean ``reference + offset``: the
+  means are taken relative to the shift of the first group (a value of the data), so
+  that the spread of the group means keeps its precision on data with a large mean.
+  """
+  shift = _convert(stats.shift, stats.scale, unit)
+  kept = tuple(1 if a in axes else n for a, n in enumerate(shift.shape))
+  reference = shift[tuple(slice(0, 1) if a in axes else slice(None)
+                         for a in range(shift.ndim))] if shift.size else jnp.zeros(
+                             kept, shift.dtype)
+  offset = (shift - reference) + _convert(stats.delta, stats.scale, unit)
+  var = _convert(stats.var_c, stats.scale * stats.factor, unit, power=2)
+  count = stats.count
   total = jnp.sum(count, axis=axes, keepdims=True)
   safe = jnp.maximum(total, 1)
-  merged_mean = jnp.sum(count * mean, axis=axes, keepdims=True) / safe
-  merged_var = jnp.sum(count * (var + jnp.square(mean - merged_mean)), axis=axes,
+  merged = jnp.sum(count * offset, axis=axes, keepdims=True) / safe
+  merged_var = jnp.sum(count * (var + jnp.square(offset - merged)), axis=axes,
                        keepdims=True) / safe
-  return total, merged_mean, merged_var
+  return total, reference, merged, merged_var
+
+
+def _unit_of(mean, var):
+  """A unit (``2**-E``) in which running statistics ``(mean, var)`` are about 1."""
+  magnitude = jnp.maximum(jnp.abs(mean), jnp.sqrt(var))
+  return pow2(-_exponent_above(magnitude), magnitude.dtype)
+
+
+def _guard_normalized(y, bad, mask):
+  """Padding whose normalized value overflowed (finite but huge) is guarded like NaN
+  padding: 0 in the affine part and its gradient, NaN in the output."""
+  y, overflowed = _guard_padding(y, mask)
+  return y, bad if overflowed is None else (bad | overflowed)
 
 
 def _affine(y, scale, bias):
@@ -35,9 +82,11 @@ def _affine(y, scale, bias):
 
 
 def _check_v(v, channels, fn):
+  v = _checks.ensure_floating(v, name="v", fn=fn)
   if jnp.shape(v) != (channels,):
     raise ValueError(f"{fn}: v must have one value per channel, shape ({channels},); got "
                      f"shape {jnp.shape(v)}.")
+  return v
 
 
 def _check_layout(x, fn):
@@ -88,32 +137,51 @@ def switch_norm(
   """
   fn = "jaxnorm.functional.switch_norm"
   train = _checks.check_static_bool(train, name="train", fn=fn)
-  _checks.check_in_unit_interval(momentum, name="momentum", fn=fn)
+  check_momentum(momentum, fn)
   x, epsilon, _, feature_shape, scale, bias, mask = _prepare(fn, x, scale, bias, mask,
                                                             epsilon, -1)
   _check_layout(x, fn)
   for name, weights in (("mean_weights", mean_weights), ("var_weights", var_weights)):
+    _checks.ensure_floating(weights, name=name, fn=fn)
     if jnp.shape(weights) != (3,):
       raise ValueError(f"{fn}: {name} must have shape (3,) (logits of IN, LN, BN); got "
                        f"{jnp.shape(weights)}.")
   stats = _checked_stats(stats, feature_shape, x.shape, "the last axis", fn)
-  spatial = tuple(range(1, x.ndim - 1))
-  instance = masked_moments(x, spatial, mask)
-  count = instance.count
-  _, ln_mean, ln_var = _merge(count, instance.mean, instance.var, (x.ndim - 1,))
   if train:
-    bn_count, bn_mean, bn_var = _merge(count, instance.mean, instance.var, (0,))
-    new_stats = ema_update(stats, bn_mean, bn_var, bn_count, momentum)
+    check_batch_values(fn, x.shape, tuple(range(x.ndim - 1)), -1, mask, None)
+  x, bad = _guard_padding(x, mask)
+  instance = masked_moments(x, tuple(range(1, x.ndim - 1)), mask)
+  # Every mean as (reference, offset): mixed and subtracted relative to the instance
+  # shift, so that data with a large mean keeps its precision.
+  means = [(instance.scale, instance.shift, instance.delta)]
+  ln_unit = _unit_over(instance, (x.ndim - 1,))
+  _, ln_reference, ln_offset, ln_var = _merge(instance, (x.ndim - 1,), ln_unit)
+  means.append((ln_unit, ln_reference, ln_offset))
+  if train:
+    bn_unit = _unit_over(instance, (0,))
+    bn_count, bn_reference, bn_offset, bn_var = _merge(instance, (0,), bn_unit)
+    new_stats = ema_update(stats, (bn_reference + bn_offset) / bn_unit,
+                           bn_var / bn_unit / bn_unit, bn_count, momentum)
   else:
-    bn_mean = stats.mean.reshape((1,) * (x.ndim - 1) + feature_shape)
-    bn_var = stats.var.reshape(bn_mean.shape)
+    shape = (1,) * (x.ndim - 1) + feature_shape
+    bn_unit = _unit_of(stats.mean.reshape(shape), stats.var.reshape(shape))
+    bn_reference, bn_offset = stats.mean.reshape(shape) * bn_unit, 0.0
+    bn_var = stats.var.reshape(shape) * bn_unit * bn_unit
     new_stats = stats
-  w_mean = jax.nn.softmax(jnp.asarray(mean_weights, instance.var.dtype))
-  w_var = jax.nn.softmax(jnp.asarray(var_weights, instance.var.dtype))
-  mean = w_mean[0] * instance.mean + w_mean[1] * ln_mean + w_mean[2] * bn_mean
-  var = w_var[0] * instance.var + w_var[1] * ln_var + w_var[2] * bn_var
-  y = (x.astype(var.dtype) - mean) * jax.lax.rsqrt(var + epsilon)
-  return _affine(y, scale, bias).astype(x.dtype), new_stats
+  means.append((bn_unit, bn_reference, bn_offset))
+  unit = jnp.minimum(jnp.minimum(instance.scale, ln_unit), bn_unit)
+  w_mean = jax.nn.softmax(jnp.asarray(mean_weights, instance.var_c.dtype))
+  w_var = jax.nn.softmax(jnp.asarray(var_weights, instance.var_c.dtype))
+  shift = _convert(instance.shift, instance.scale, unit)
+  mean = sum(w * ((_convert(reference, from_unit, unit) - shift)
+                  + _convert(offset, from_unit, unit))
+             for w, (from_unit, reference, offset) in zip(w_mean, means))
+  var = (w_var[0] * _convert(instance.var_c, instance.scale * instance.factor, unit, 2)
+         + w_var[1] * _convert(ln_var, ln_unit, unit, 2)
+         + w_var[2] * _convert(bn_var, bn_unit, unit, 2))
+  y = ((x.astype(var.dtype) * unit - shift) - mean) * _rstd(var, unit, epsilon)
+  y, bad = _guard_normalized(y, bad, mask)
+  return _restore_padding(_affine(y, scale, bias), bad).astype(x.dtype), new_stats
 
 
 def evonorm_b0(
@@ -152,24 +220,36 @@ def evonorm_b0(
   """
   fn = "jaxnorm.functional.evonorm_b0"
   train = _checks.check_static_bool(train, name="train", fn=fn)
-  _checks.check_in_unit_interval(momentum, name="momentum", fn=fn)
+  check_momentum(momentum, fn)
   x, epsilon, _, feature_shape, scale, bias, mask = _prepare(fn, x, scale, bias, mask,
                                                             epsilon, -1)
   _check_layout(x, fn)
-  _check_v(v, x.shape[-1], fn)
+  v = _check_v(v, x.shape[-1], fn)
   stats = _checked_stats(stats, feature_shape, x.shape, "the last axis", fn)
+  if train:
+    check_batch_values(fn, x.shape, tuple(range(x.ndim - 1)), -1, mask, None)
+  x, bad = _guard_padding(x, mask)
   instance = masked_moments(x, tuple(range(1, x.ndim - 1)), mask)
   if train:
-    count, batch_mean, batch_var = _merge(instance.count, instance.mean, instance.var, (0,))
-    new_stats = ema_update(stats, batch_mean, batch_var, count, momentum)
+    bn_unit = _unit_over(instance, (0,))
+    count, reference, offset, batch_var = _merge(instance, (0,), bn_unit)
+    new_stats = ema_update(stats, (reference + offset) / bn_unit,
+                           batch_var / bn_unit / bn_unit, count, momentum)
   else:
-    batch_var = stats.var.reshape((1,) * (x.ndim - 1) + feature_shape)
+    running_var = stats.var.reshape((1,) * (x.ndim - 1) + feature_shape)
+    bn_unit = _unit_of(jnp.zeros_like(running_var), running_var)
+    batch_var = running_var * bn_unit * bn_unit
     new_stats = stats
-  xc = x.astype(compute_dtype(x.dtype))
+  unit = jnp.minimum(instance.scale, bn_unit)
+  xc = x.astype(unit.dtype) * unit
   v = jnp.asarray(v, xc.dtype)
-  denominator = jnp.maximum(jnp.sqrt(batch_var + epsilon),
-                            v * xc + jnp.sqrt(instance.var + epsilon))
-  return _affine(xc / denominator, scale, bias).astype(x.dtype), new_stats
+  batch_std = 1 / _rstd(_convert(batch_var, bn_unit, unit, 2), unit, epsilon)
+  instance_std = 1 / _rstd(
+      _convert(instance.var_c, instance.scale * instance.factor, unit, 2), unit, epsilon)
+  denominator = jnp.maximum(batch_std, v * xc + instance_std)
+  y, bad = _guard_normalized(xc / denominator, bad, mask)
+  y = _restore_padding(_affine(y, scale, bias), bad)
+  return y.astype(x.dtype), new_stats
 
 
 def evonorm_s0(
@@ -206,18 +286,24 @@ def evonorm_s0(
   """
   fn = "jaxnorm.functional.evonorm_s0"
   x, epsilon, _, (channels,), scale, bias, mask = _prepare(fn, x, scale, bias, mask,
-                                                          epsilon, -1)
+                                                          epsilon, -1, axis_name=axis_name)
   _check_layout(x, fn)
-  _check_v(v, channels, fn)
+  v = _check_v(v, channels, fn)
   groups = _groups(channels, num_groups, group_size, fn)
+  x, bad = _guard_padding(x, mask)
   grouped = x.reshape(x.shape[:-1] + (groups, channels // groups))
   grouped_mask = None if mask is None else mask.reshape(mask.shape[:-1] + (
       (groups, channels // groups) if mask.shape[-1] == channels else (1, 1)))
-  group_var = masked_moments(grouped, tuple(range(1, x.ndim - 1)) + (x.ndim,), grouped_mask,
-                             axis_name).var
-  group_std = jnp.sqrt(group_var + epsilon)
-  group_std = jnp.broadcast_to(group_std, group_std.shape[:-1] + (channels // groups,)
-                               ).reshape(group_std.shape[:-2] + (channels,))
-  xc = x.astype(group_std.dtype)
-  y = xc * jax.nn.sigmoid(jnp.asarray(v, xc.dtype) * xc) / group_std
-  return _affine(y, scale, bias).astype(x.dtype)
+  group = masked_moments(grouped, tuple(range(1, x.ndim - 1)) + (x.ndim,), grouped_mask,
+                         axis_name)
+
+  def per_channel(t):
+    t = jnp.broadcast_to(t, t.shape[:-1] + (channels // groups,))
+    return t.reshape(t.shape[:-2] + (channels,))
+
+  unit = per_channel(group.scale)
+  rstd = per_channel(_rstd(group.var_c, group.scale * group.factor, epsilon) * group.factor)
+  xc = x.astype(unit.dtype)
+  y = jax.nn.sigmoid(jnp.asarray(v, xc.dtype) * xc) * (xc * unit) * rstd
+  y, bad = _guard_normalized(y, bad, mask)
+  return _restore_padding(_affine(y, scale, bias), bad).astype(x.dtype)

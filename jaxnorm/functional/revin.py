@@ -23,8 +23,9 @@ import jax.numpy as jnp
 
 from jaxnorm import _checks
 from jaxnorm.functional._stats import centred_moments, compute_dtype
-from jaxnorm.functional.composite import _affine
-from jaxnorm.functional.normalization import _as_param, _prepare
+from jaxnorm.functional.composite import _affine, _guard_normalized
+from jaxnorm.functional.normalization import (
+    _as_param, _guard_padding, _prepare, _restore_padding, _rstd)
 
 
 class RevINStats(NamedTuple):
@@ -111,8 +112,13 @@ def revin_normalize(
                                                             epsilon, axis)
   reduce_axes = _reduce_axes(feature_axes, x.ndim, axis, x.shape, fn)
   centred, moments = centred_moments(x, reduce_axes, mask)
-  std = jnp.sqrt(moments.var + epsilon)
-  y = _affine((centred - moments.delta) / std, scale, bias)
+  # In the scaled units of c (as the other normalizations): any finite input, std 1e30
+  # included, whose variance overflows float32 while the std does not.
+  rstd = _rstd(moments.var_c, moments.scale * moments.factor, epsilon) * moments.factor
+  std = 1 / (rstd * moments.scale)  # sqrt(var + epsilon) in the units of x
+  centred, bad = _guard_padding(centred, mask)  # padding influences nothing, also backward
+  y, bad = _guard_normalized((centred - moments.delta) * rstd, bad, mask)
+  y = _restore_padding(_affine(y, scale, bias), bad)
   return y.astype(x.dtype), RevINStats(moments.mean, std)
 
 

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jaxnorm import _checks
@@ -65,12 +66,11 @@ def dropout(
     Overfitting", JMLR 2014.
   """
   fn = "jaxnorm.functional.dropout"
-  x = _checks.ensure_floating(x, name="x", fn=fn)
+  x = _checks.ensure_floating(x, name="x", fn=fn, allow_complex=True)
   _checks.check_in_unit_interval(
       rate, name="rate", fn=fn,
       hint=" rate is the probability of dropping an element, not of keeping it.")
-  dims = (_checks.canonical_axes(broadcast_dims, x.shape, name="broadcast_dims", fn=fn)
-          if len(broadcast_dims) else ())
+  dims = _broadcast_dims(broadcast_dims, x.shape, fn)
   static_rate = _checks.concrete_float(rate)
   if static_rate == 0.0:
     return x
@@ -87,6 +87,19 @@ def dropout(
   # Where nothing is kept, divide by 1 instead of 0 so no inf/NaN reaches the gradient.
   safe_keep_prob = jnp.where(keep_prob > 0, keep_prob, 1.0).astype(x.dtype)
   return jnp.where(jnp.broadcast_to(keep, x.shape), x / safe_keep_prob, jnp.zeros_like(x))
+
+
+def _broadcast_dims(broadcast_dims, shape, fn) -> tuple[int, ...]:
+  """``broadcast_dims`` as canonical axes: a tuple or list of ints, as in flax."""
+  if not isinstance(broadcast_dims, (tuple, list)):
+    example = (f" Write broadcast_dims=({broadcast_dims},)."
+               if isinstance(broadcast_dims, (int, np.integer)) else "")
+    raise TypeError(f"{fn}: broadcast_dims must be a tuple (or list) of axes along which "
+                    f"the mask is shared, e.g. (1, 2); got {broadcast_dims!r} "
+                    f"({type(broadcast_dims).__name__}).{example}")
+  if not broadcast_dims:
+    return ()
+  return _checks.canonical_axes(tuple(broadcast_dims), shape, name="broadcast_dims", fn=fn)
 
 
 def _keep_mask(key, shape, keep_prob) -> jax.Array:
@@ -129,6 +142,8 @@ def spatial_dropout(
   fn = "jaxnorm.functional.spatial_dropout"
   x = _checks.ensure_floating(x, name="x", fn=fn)
   _static_rate(rate, fn)
+  _checks.check_int(channel_axis, name="channel_axis", fn=fn,
+                    hint=" Use -1 for NHWC, 1 for NCHW.")
   (channel,) = _checks.canonical_axes(channel_axis, x.shape, name="channel_axis", fn=fn)
   if channel == 0 or x.ndim < 3:
     raise ValueError(f"{fn}: x must be (N, ..., C) or (N, C, ...) with spatial axes and "
@@ -159,7 +174,7 @@ def drop_path(
     Huang et al., "Deep Networks with Stochastic Depth", ECCV 2016.
   """
   fn = "jaxnorm.functional.drop_path"
-  if mode not in ("row", "batch"):
+  if not isinstance(mode, str) or mode not in ("row", "batch"):
     raise ValueError(f"{fn}: mode must be 'row' (per example) or 'batch'; got {mode!r}.")
   x = _checks.ensure_floating(x, name="x", fn=fn)
   _static_rate(rate, fn)
@@ -179,11 +194,10 @@ def drop_path_rates(num_layers: int, max_rate: float) -> list[float]:
     >>> F.drop_path_rates(3, 0.2)                       # one rate per residual block
     [0.0, 0.1, 0.2]
   """
-  _checks.check_in_unit_interval(max_rate, name="max_rate",
-                                 fn="jaxnorm.functional.drop_path_rates")
-  if num_layers < 1:
-    raise ValueError(f"jaxnorm.functional.drop_path_rates: num_layers must be >= 1; got "
-                     f"{num_layers}.")
+  fn = "jaxnorm.functional.drop_path_rates"
+  _checks.check_in_unit_interval(max_rate, name="max_rate", fn=fn)
+  num_layers = _checks.check_int(num_layers, name="num_layers", fn=fn, low=1)
+  max_rate = float(max_rate)
   if num_layers == 1:
     return [0.0]
   return [max_rate * layer / (num_layers - 1) for layer in range(num_layers)]
@@ -327,14 +341,25 @@ def concrete_dropout(
   fn = "jaxnorm.functional.concrete_dropout"
   x = _checks.ensure_floating(x, name="x", fn=fn)
   _checks.check_positive(temperature, name="temperature", fn=fn, hint=" 0.1 is usual.")
+  logit = _checked_logit(logit, fn)
   _check_key(key, fn)
   eps = 1e-7
-  logit = jnp.asarray(logit, jnp.float32)
-  p = jax.nn.sigmoid(logit)
   u = _random.uniform(key, x.shape, jnp.float32, eps, 1.0 - eps)
-  z = jax.nn.sigmoid((jax.nn.log_sigmoid(logit) - jax.nn.log_sigmoid(-logit)
-                      + jnp.log(u) - jnp.log1p(-u)) / temperature)
-  return (x.astype(jnp.float32) * (1.0 - z) / (1.0 - p)).astype(x.dtype)
+  # 1 - z = sigmoid(-a) and 1 - p = sigmoid(-logit), as exp(log_sigmoid(...)): finite for
+  # confident logits, where 1 - sigmoid(logit) rounds to 0 in float32.
+  a = (logit + jnp.log(u) - jnp.log1p(-u)) / temperature
+  keep = jnp.exp(jax.nn.log_sigmoid(-a) - jax.nn.log_sigmoid(-logit))
+  return (x.astype(jnp.float32) * keep).astype(x.dtype)
+
+
+def _checked_logit(logit, fn) -> jax.Array:
+  """``logit`` as a float32 array: a real floating-point number or array, not a bool."""
+  if isinstance(logit, (bool, np.bool_, str)):
+    raise TypeError(f"{fn}: logit must be a real number or array (the logit of the drop "
+                    f"probability); got {logit!r}.")
+  if isinstance(logit, (int, float, np.integer, np.floating)):
+    return jnp.asarray(float(logit), jnp.float32)
+  return _checks.ensure_floating(logit, name="logit", fn=fn).astype(jnp.float32)
 
 
 def concrete_dropout_regularizer(
@@ -361,10 +386,16 @@ def concrete_dropout_regularizer(
     >>> round(reg(0.0), 5), reg(0.0) < reg(2.0)        # p = 0.5 costs less than p = 0.88
     (-0.02039, True)
   """
-  logit = jnp.asarray(logit, jnp.float32)
-  p = jax.nn.sigmoid(logit)
-  negative_entropy = p * jax.nn.log_sigmoid(logit) + (1 - p) * jax.nn.log_sigmoid(-logit)
-  return (weight_regularizer * weight_sq_norm / (1 - p)
+  fn = "jaxnorm.functional.concrete_dropout_regularizer"
+  logit = _checked_logit(logit, fn)
+  _checks.check_int(input_dim, name="input_dim", fn=fn, low=1)
+  for name, value in (("weight_regularizer", weight_regularizer),
+                      ("dropout_regularizer", dropout_regularizer)):
+    _checks.check_range(value, name=name, fn=fn, low=0.0, finite=True)
+  weight_sq_norm = _checks.ensure_floating(weight_sq_norm, name="weight_sq_norm", fn=fn)
+  p, keep = jax.nn.sigmoid(logit), jax.nn.sigmoid(-logit)  # keep = 1 - p, no cancellation
+  negative_entropy = p * jax.nn.log_sigmoid(logit) + keep * jax.nn.log_sigmoid(-logit)
+  return (weight_regularizer * weight_sq_norm * jnp.exp(-jax.nn.log_sigmoid(-logit))
           + dropout_regularizer * input_dim * negative_entropy)
 
 
@@ -389,6 +420,13 @@ def r_drop_loss(logits_a: jax.Array, logits_b: jax.Array) -> jax.Array:
   References:
     Liang et al., "R-Drop: Regularized Dropout for Neural Networks", NeurIPS 2021.
   """
+  fn = "jaxnorm.functional.r_drop_loss"
+  logits_a = _checks.ensure_floating(logits_a, name="logits_a", fn=fn)
+  logits_b = _checks.ensure_floating(logits_b, name="logits_b", fn=fn)
+  if logits_a.shape != logits_b.shape or logits_a.ndim == 0:
+    raise ValueError(f"{fn}: logits_a and logits_b must have the same shape (..., classes) "
+                     f"from two dropout passes over the same batch; got {logits_a.shape} "
+                     f"and {logits_b.shape}.")
   log_a = jax.nn.log_softmax(logits_a.astype(jnp.float32), axis=-1)
   log_b = jax.nn.log_softmax(logits_b.astype(jnp.float32), axis=-1)
 

@@ -27,9 +27,11 @@ import numpy as np
 from jax import lax
 
 from jaxnorm import _checks
-from jaxnorm.functional._stats import _psum, centred_moments, compute_dtype
-from jaxnorm.functional.composite import _affine
-from jaxnorm.functional.normalization import _groups, _prepare
+from jaxnorm.functional._stats import (
+    _psum, centred_moments, compute_dtype, in_input_units)
+from jaxnorm.functional.composite import _affine, _guard_normalized
+from jaxnorm.functional.normalization import (
+    _groups, _guard_padding, _prepare, _restore_padding)
 
 _HIGHEST = lax.Precision.HIGHEST  # float32 products stay float32 on GPU (TF32) and TPU
 
@@ -208,11 +210,12 @@ def _group_stats(x2, mask2, groups, axis_name, axis_index_groups) -> _GroupStats
   delta^T``, so no large mean enters the cancellation.
   """
   centred, moments = centred_moments(x2, (0,), mask2)
+  centred, shift, delta = in_input_units(centred, moments)  # one unit for all features
   m, channels = x2.shape
   size = channels // groups
   valid = centred if mask2 is None else jnp.where(mask2, centred, 0)
   valid = valid.reshape(m, groups, size)
-  delta = moments.delta.reshape(groups, size)
+  delta = delta.reshape(groups, size)
   count = moments.count.reshape(groups, size)[:, 0]
   scatter = (jnp.einsum("mgi,mgj->gij", valid, valid, precision=_HIGHEST)
              - count[:, None, None] * delta[:, :, None] * delta[:, None, :])
@@ -220,7 +223,7 @@ def _group_stats(x2, mask2, groups, axis_name, axis_index_groups) -> _GroupStats
   if axis_name is not None:
     count, mean, scatter = _merge_across_devices(count, mean, scatter, axis_name,
                                                  axis_index_groups)
-    delta = mean - moments.shift.reshape(groups, size)  # global mean from local shift
+    delta = mean - shift.reshape(groups, size)  # global mean from local shift
   cov = scatter / jnp.maximum(count, 1)[:, None, None]
   return _GroupStats(centred.reshape(m, groups, size), delta, mean, cov, count)
 
@@ -287,12 +290,17 @@ def _whiten(x, scale, bias, stats, *, fn, train, num_groups, group_size, momentu
   x2 = x.reshape(samples, channels)
   mask2 = None if mask is None else jnp.broadcast_to(
       mask, x.shape[:-1] + (1,)).reshape(samples, 1)
+  # Padding influences nothing, forward or backward (as in the other normalizations):
+  # non-finite values at masked rows become 0 here and NaN again in the output.
+  x2, bad = _guard_padding(x2, mask2)
+  bad = None if bad is None else bad.reshape(x.shape)
   if not train:
     dtype = compute_dtype(x.dtype)
     centred = (x2.astype(dtype) - stats.mean.astype(dtype)).reshape(samples, groups, size)
     y = jnp.einsum("gji,mgi->mgj", stats.whitening.astype(dtype), centred,
                    precision=_HIGHEST)
-    return _affine(y.reshape(x.shape), scale, bias).astype(x.dtype), stats
+    y, bad = _guard_normalized(y.reshape(x.shape), bad, mask)
+    return _restore_padding(_affine(y, scale, bias), bad).astype(x.dtype), stats
 
   devices = _devices(axis_name, axis_index_groups)
   if devices is not None and samples * devices <= size:
@@ -307,7 +315,8 @@ def _whiten(x, scale, bias, stats, *, fn, train, num_groups, group_size, momentu
   whitening = inverse_sqrt(batch.cov, epsilon)
   y = jnp.einsum("gji,mgi->mgj", whitening, batch.centred - batch.delta,
                  precision=_HIGHEST)
-  y = _affine(y.reshape(x.shape), scale, bias).astype(x.dtype)
+  y, bad = _guard_normalized(y.reshape(x.shape), bad, mask)
+  y = _restore_padding(_affine(y, scale, bias), bad).astype(x.dtype)
   if stats is None:
     return y, None
   seen = batch.count > 0  # a group without valid samples keeps its statistics

@@ -95,6 +95,10 @@ class BatchNorm(nn.Module):
       that the running statistics do not describe (domain shift, "AdaBN"), or a network
       whose running statistics were never trained; batches must then be large and i.i.d.
 
+  Like flax's, it accepts complex inputs (complex64 running mean after an update,
+  float32 running variance) and supports forward-mode derivatives (``jax.jvp``,
+  ``jax.jacfwd``, ``jax.hessian``) as well as reverse mode.
+
   Running statistics are float32 whatever ``dtype`` and ``param_dtype`` are. During
   ``init`` the statistics are not updated and ``axis_name`` is not used; a
   training-mode ``init`` on a batch with one value per feature normalizes with the

@@ -72,6 +72,7 @@ class _KeyedNoise(nn.Module):
   def _key(self, deterministic):
     """The key for this call, or None when no noise is applied."""
     deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
+    _frontend.check_dropout_rate(self.rate, fn=f"jaxnorm.linen.{type(self).__name__}")
     if _frontend.dropout_is_identity(self.rate, deterministic):
       return None
     return self.make_rng(self.rng_collection)
@@ -217,6 +218,7 @@ class DropConnectDense(nn.Module):
   @nn.compact
   def __call__(self, inputs, deterministic: bool | None = None):
     deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
+    _frontend.check_dropout_rate(self.rate, fn="jaxnorm.linen.DropConnectDense")
     kernel = self.param("kernel", self.kernel_init, (inputs.shape[-1], self.features),
                         self.param_dtype)
     if not deterministic:

@@ -20,6 +20,12 @@ from jaxnorm.linen.normalization import (
     Axes, _feature_params, _input_for, _output_dtype, running_stats)
 
 
+def _one_value_per_feature(initializing, x, mask) -> bool:
+  """During ``init`` a batch with one value per channel normalizes with the initial
+  running statistics instead of raising (init only needs shapes), as in BatchNorm."""
+  return initializing and mask is None and x.size <= x.shape[-1]
+
+
 class _BatchStatsModule(nn.Module):
   """Shared attributes of the modules that keep running statistics."""
 
@@ -151,8 +157,9 @@ class SwitchNorm(_BatchStatsModule):
     initializing = self.is_initializing()
     y, new = F.switch_norm(
         _input_for(x, out_dtype), scale, bias, mean_weights, var_weights,
-        F.BatchStats(ra_mean.value, ra_var.value), train=train, momentum=self.momentum,
-        epsilon=self.epsilon, mask=mask)
+        F.BatchStats(ra_mean.value, ra_var.value),
+        train=train and not _one_value_per_feature(initializing, x, mask),
+        momentum=self.momentum, epsilon=self.epsilon, mask=mask)
     if train and not initializing:
       ra_mean.value, ra_var.value = new
     return y.astype(out_dtype)
@@ -181,7 +188,8 @@ class EvoNormB0(_BatchStatsModule):
     initializing = self.is_initializing()
     y, new = F.evonorm_b0(
         _input_for(x, out_dtype), scale, bias, v, F.BatchStats(ra_mean.value, ra_var.value),
-        train=train, momentum=self.momentum, epsilon=self.epsilon, mask=mask)
+        train=train and not _one_value_per_feature(initializing, x, mask),
+        momentum=self.momentum, epsilon=self.epsilon, mask=mask)
     if train and not initializing:
       ra_mean.value, ra_var.value = new
     return y.astype(out_dtype)

@@ -338,7 +338,8 @@ class GroupNorm(_StatelessNorm):
       bias_metadata: Mapping[str, Any] = NO_METADATA,
       scale_metadata: Mapping[str, Any] = NO_METADATA,
   ):
-    groups = _groups(num_features, num_groups, group_size, "jaxnorm.nnx.GroupNorm")
+    groups = _groups(num_features, num_groups, group_size, "jaxnorm.nnx.GroupNorm",
+                     features=True)
     super().__init__(
         num_features, epsilon=epsilon, dtype=dtype, param_dtype=param_dtype,
         use_bias=use_bias, use_scale=use_scale, bias_init=bias_init, scale_init=scale_init,

@@ -261,7 +261,8 @@ class EvoNormS0(nnx.Module):
                promote_dtype=_base.promote_dtype, rngs: rnglib.Rngs,
                bias_metadata: Mapping[str, Any] = NO_METADATA,
                scale_metadata: Mapping[str, Any] = NO_METADATA):
-    groups = _groups(num_features, num_groups, group_size, "jaxnorm.nnx.EvoNormS0")
+    groups = _groups(num_features, num_groups, group_size, "jaxnorm.nnx.EvoNormS0",
+                     features=True)
     _base.affine_params(self, rngs, num_features, use_scale=use_scale, use_bias=use_bias,
                         scale_init=scale_init, bias_init=bias_init, param_dtype=param_dtype,
                         scale_metadata=scale_metadata, bias_metadata=bias_metadata)

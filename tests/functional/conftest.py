@@ -26,8 +26,9 @@ SHIFTED_VAR_TOL = 1e-3  # absolute variance error on mean-1e4, std-1 float32 dat
 
 
 def to64(a):
-  """Any array (JAX, NumPy, bfloat16) as a float64 NumPy array."""
-  return np.asarray(np.asarray(a, np.float32) if _is_low_precision(a) else a, np.float64)
+  """Any array (JAX, NumPy, bfloat16) as a float64 (complex128 if complex) NumPy array."""
+  a = np.asarray(np.asarray(a, np.float32) if _is_low_precision(a) else a)
+  return a.astype(np.complex128 if np.iscomplexobj(a) else np.float64)
 
 
 def _is_low_precision(a):
@@ -60,7 +61,7 @@ def ref_moments(x, axes, mask=None, keepdims=False):
   safe = np.maximum(count, 1.0)
   mean = np.where(m, x, 0.0).sum(axis=axes, keepdims=True) / safe
   dev = np.where(m, x - np.where(m, mean, 0.0), 0.0)
-  var = (dev * dev).sum(axis=axes, keepdims=True) / safe
+  var = (dev * np.conj(dev)).real.sum(axis=axes, keepdims=True) / safe
   if not keepdims:
     mean, var = np.squeeze(mean, axes), np.squeeze(var, axes)
   return mean, var
@@ -162,7 +163,7 @@ def grad64(fn, args, argnums=0):
   with jax.enable_x64(True):
     args64 = tuple(_as_jax64(a) for a in args)
     out = jax.jit(jax.grad(fn, argnums=argnums))(*args64)
-    return jax.tree.map(lambda g: np.asarray(g, np.float64), out)
+    return jax.tree.map(to64, out)
 
 
 def hessian64(fn, args, argnums=0):
@@ -170,14 +171,14 @@ def hessian64(fn, args, argnums=0):
   with jax.enable_x64(True):
     args64 = tuple(_as_jax64(a) for a in args)
     out = jax.jit(jax.hessian(fn, argnums=argnums))(*args64)
-    return jax.tree.map(lambda g: np.asarray(g, np.float64), out)
+    return jax.tree.map(to64, out)
 
 
 def call64(fn, args):
   """``fn(*args)`` in float64 (x64 enabled locally), outputs as NumPy float64."""
   with jax.enable_x64(True):
     args64 = tuple(_as_jax64(a) for a in args)
-    return jax.tree.map(lambda g: np.asarray(g, np.float64), jax.jit(fn)(*args64))
+    return jax.tree.map(to64, jax.jit(fn)(*args64))
 
 
 def _as_jax64(a):
@@ -186,6 +187,8 @@ def _as_jax64(a):
   arr = np.asarray(a) if not _is_low_precision(a) else np.asarray(a, np.float32)
   if arr.dtype == np.bool_ or np.issubdtype(arr.dtype, np.integer):
     return jnp.asarray(arr)
+  if np.iscomplexobj(arr):
+    return jnp.asarray(arr.astype(np.complex128))
   return jnp.asarray(arr.astype(np.float64))
 
 
@@ -246,7 +249,7 @@ def ref_rms_norm(x, scale, *, axis=-1, epsilon=1e-6, mask=None):
   axes = canonical_axes(axis, x.ndim)
   m = broadcast_mask(mask, x.shape)
   count = np.maximum(m.sum(axis=axes, keepdims=True), 1)
-  mean_square = np.where(m, x * x, 0.0).sum(axis=axes, keepdims=True) / count
+  mean_square = np.where(m, (x * np.conj(x)).real, 0.0).sum(axis=axes, keepdims=True) / count
   return _affine64(x / np.sqrt(mean_square + epsilon), scale, None,
                    param_shape(x.shape, axes))
 
@@ -386,6 +389,95 @@ def ref_evonorm_s0(x, scale, bias, v, *, num_groups=None, group_size=None, epsil
   return _affine64(y, scale, bias, (1,) * (x.ndim - 1) + (channels,))
 
 
+# --------------------------------------------------------------------------------------
+# Plain jnp formulas (differentiated by JAX itself, never by jaxnorm's closed form), for
+# the derivative tests: run them in float64 with ``grad64``/``hessian64``/``jvp64``.
+# Masked positions enter no statistic (``jnp.where`` selects before any arithmetic);
+# feed them finite padding.
+
+
+def plain_normalize(x, scale, bias, reduce_axes, epsilon, mask=None, center=True):
+  """``(x - mean) / sqrt(E|x - mean|^2 + eps) * scale + bias`` over ``reduce_axes``."""
+  reduce_axes = tuple(a % x.ndim for a in reduce_axes)
+  if mask is None:
+    m = jnp.ones(x.shape, bool)
+  else:
+    mask = jnp.asarray(mask)
+    m = jnp.broadcast_to(mask.reshape((1,) * (x.ndim - mask.ndim) + mask.shape), x.shape)
+  real = jnp.zeros((), x.dtype).real.dtype
+  n = jnp.maximum(jnp.sum(m, reduce_axes, keepdims=True, dtype=real), 1)
+  zero = jnp.zeros((), x.dtype)
+  mean = (jnp.sum(jnp.where(m, x, zero), reduce_axes, keepdims=True) / n
+          if center else zero)
+  d = x - mean
+  var = jnp.sum(jnp.where(m, (d * jnp.conj(d)).real, 0), reduce_axes, keepdims=True) / n
+  y = d / jnp.sqrt(var + epsilon)
+  if scale is not None:
+    y = y * scale
+  if bias is not None:
+    y = y + bias
+  return y
+
+
+def _param_shape_for(x, axes):
+  return tuple(d if a in axes else 1 for a, d in enumerate(x.shape))
+
+
+def plain_batch_norm(x, scale, bias, *, axis=-1, epsilon=1e-5, mask=None):
+  feature = canonical_axes(axis, x.ndim)
+  pshape = _param_shape_for(x, feature)
+  return plain_normalize(
+      x, None if scale is None else scale.reshape(pshape),
+      None if bias is None else bias.reshape(pshape),
+      tuple(a for a in range(x.ndim) if a not in feature), epsilon, mask)
+
+
+def plain_layer_norm(x, scale, bias, *, axis=-1, epsilon=1e-6, mask=None):
+  axes = canonical_axes(axis, x.ndim)
+  pshape = _param_shape_for(x, axes)
+  return plain_normalize(
+      x, None if scale is None else scale.reshape(pshape),
+      None if bias is None else bias.reshape(pshape), axes, epsilon, mask)
+
+
+def plain_rms_norm(x, scale, *, axis=-1, epsilon=1e-6, mask=None):
+  axes = canonical_axes(axis, x.ndim)
+  return plain_normalize(x, None if scale is None else scale.reshape(
+      _param_shape_for(x, axes)), None, axes, epsilon, mask, center=False)
+
+
+def plain_instance_norm(x, scale, bias, *, axis=-1, epsilon=1e-6, mask=None):
+  feature = canonical_axes(axis, x.ndim)
+  pshape = _param_shape_for(x, feature)
+  return plain_normalize(
+      x, None if scale is None else scale.reshape(pshape),
+      None if bias is None else bias.reshape(pshape),
+      tuple(a for a in range(1, x.ndim) if a not in feature), epsilon, mask)
+
+
+def plain_group_norm(x, scale, bias, *, num_groups, epsilon=1e-6, mask=None):
+  c = x.shape[-1]
+  grouped = x.reshape(x.shape[:-1] + (num_groups, c // num_groups))
+  if mask is not None:
+    mask = jnp.asarray(mask)
+    mask = jnp.broadcast_to(mask.reshape((1,) * (x.ndim - mask.ndim) + mask.shape),
+                            x.shape).reshape(grouped.shape)
+  y = plain_normalize(grouped, None, None, tuple(range(1, x.ndim - 1)) + (x.ndim,),
+                      epsilon, mask).reshape(x.shape)
+  if scale is not None:
+    y = y * scale
+  return y if bias is None else y + bias
+
+
+def jvp64(fn, primals, tangents):
+  """``jax.jvp(fn, primals, tangents)`` in float64, outputs as NumPy float64/complex128."""
+  with jax.enable_x64(True):
+    primals = tuple(_as_jax64(a) for a in primals)
+    tangents = tuple(_as_jax64(a) for a in tangents)
+    out = jax.jit(lambda p, t: jax.jvp(fn, p, t))(primals, tangents)
+    return jax.tree.map(np.asarray, out)
+
+
 @pytest.fixture(scope="session")
 def ref():
   """The float64 references and comparison helpers, as one namespace."""
@@ -416,4 +508,11 @@ def ref():
       switch_norm=ref_switch_norm,
       evonorm_b0=ref_evonorm_b0,
       evonorm_s0=ref_evonorm_s0,
+      plain_normalize=plain_normalize,
+      plain_batch_norm=plain_batch_norm,
+      plain_layer_norm=plain_layer_norm,
+      plain_rms_norm=plain_rms_norm,
+      plain_instance_norm=plain_instance_norm,
+      plain_group_norm=plain_group_norm,
+      jvp64=jvp64,
   )

@@ -453,18 +453,6 @@ def test_hessian(ref):
   ref.assert_close(hxx, expected[0][0], ref.GRAD_TOL, what="jacrev(jacrev)")
 
 
-def test_forward_mode_raises_instead_of_wrong_numbers():
-  x = _normal(48, (4, 3))
-
-  def f(x):
-    return F.batch_norm(x, None, None, None, train=True)[0]
-
-  with pytest.raises(TypeError, match="custom_vjp"):
-    jax.jvp(f, (x,), (jnp.ones_like(x),))
-  with pytest.raises(TypeError, match="custom_vjp"):
-    jax.jacfwd(f)(x)
-
-
 # --------------------------------------------------------------------------------------
 # Transformations and state.
 

@@ -657,7 +657,7 @@ def test_group_norm_reduction_axes(ref, reduction_axes):
          ref.FLOAT32_TOL, layer="group_norm", kind="y")
 
 
-@pytest.mark.parametrize("axis", [-1, 3, (3,), (1, 3), (-3, -1), (1, 2, 3)])
+@pytest.mark.parametrize("axis", [-1, 3, (3,), (1, 3), (-3, -1)])
 def test_instance_norm_axis_forms(ref, axis):
   x = _normal(77, (2, 3, 4, 5), loc=2.0, scale=0.7)
   axes = sorted(a % 4 for a in ((axis,) if isinstance(axis, int) else axis))
@@ -716,6 +716,15 @@ def test_group_norm_property_forward_and_vjp(ref, case):
   kw = (dict(num_groups=None, group_size=channels // groups) if case["by_size"]
         else dict(num_groups=groups))
   cotangent = jnp.asarray(rng.normal(size=shape).astype(np.float32)).astype(dtype)
+  axes = (tuple(range(1, len(shape))) if case["reduction_axes"] is None
+          else case["reduction_axes"])
+  per_group = np.prod([shape[a] for a in axes if a % len(shape) != len(shape) - 1]) * (
+      channels // groups)
+  if mask is None and per_group == 1:
+    # One value per group: each value is its own mean, the output would be the bias.
+    with pytest.raises(ValueError, match="groups of one value"):
+      F.group_norm(x, scale, bias, reduction_axes=case["reduction_axes"], **kw)
+    return
 
   @jax.jit
   def run(x, scale, bias, mask, cotangent):

@@ -183,3 +183,23 @@ def test_errors_name_the_argument_and_the_fix():
     F.revin_denormalize(x, None, None, stats.mean)
   with pytest.raises(ValueError, match=r"revin_denormalize: bias has shape \(5,\)"):
     F.revin_denormalize(x, None, jnp.ones(5), stats)
+
+
+@pytest.mark.parametrize("std,mean", [(1e30, 2.0), (1e20, -1.0), (1e-30, 3.0),
+                                      (1.0, 1e4)])
+def test_any_finite_scale(std, mean):
+  """Data whose squares overflow (std 1e20, 1e30) or underflow (1e-30) float32, and
+  data far from zero: the output, the returned std (finite even where the variance is
+  not) and the round trip match float64."""
+  rng = np.random.default_rng(5)
+  x = (rng.normal(size=(3, 64, 4)) * std + mean * std).astype(np.float32)
+  scale, bias = np.linspace(0.5, 1.5, 4), np.linspace(-0.2, 0.2, 4)
+  y, stats = jax.jit(lambda x: F.revin_normalize(x, scale, bias))(x)
+  y_ref, mean_ref, std_ref = ref_revin(x, scale, bias)
+  _assert_close(y, y_ref, what="y")
+  np.testing.assert_allclose(_f64(stats.std), std_ref, rtol=TOL)
+  np.testing.assert_allclose(_f64(stats.mean), mean_ref, rtol=TOL, atol=TOL * std)
+  # The round trip without the affine part (a bias of 0.2 would swamp outputs of 3e-28).
+  y, stats = jax.jit(lambda x: F.revin_normalize(x, None, None))(x)
+  back = F.revin_denormalize(y, None, None, stats)
+  np.testing.assert_allclose(_f64(back), _f64(x), rtol=1e-4, atol=1e-4 * std)
