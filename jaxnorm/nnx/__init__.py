@@ -8,7 +8,8 @@ dropout, the same masks for the same ``nnx.Rngs``. The rest of the family
 (``BatchRenorm``, ``GhostBatchNorm``, ``SwitchNorm``, ``EvoNormB0``/``EvoNormS0``,
 ``SpatialDropout``, ``DropPath``, ``AlphaDropout``, ``GaussianDropout``,
 ``ClassicDropout``, ``DropConnectLinear``, ``ConcreteDropoutLinear``,
-``DecorrelatedBatchNorm``, ``IterNorm``, ``RevIN``) follows the same
+``DecorrelatedBatchNorm``, ``IterNorm``, ``RevIN``, ``AttentionDropout``,
+``TokenDropout``, ``PatchDrop``) follows the same
 conventions and the variable names of :mod:`jaxnorm.linen`, so :func:`state_from_linen`
 and :func:`state_to_linen` move checkpoints between the two front-ends.
 
@@ -44,12 +45,13 @@ from jaxnorm.nnx.stochastic import (
     GaussianDropout, SpatialDropout)
 from jaxnorm.nnx.variants import BatchRenorm, EvoNormB0, EvoNormS0, GhostBatchNorm, SwitchNorm
 from jaxnorm.nnx.revin import RevIN
+from jaxnorm.nnx.structured_dropout import AttentionDropout, PatchDrop, TokenDropout
 from jaxnorm.nnx.whitening import DecorrelatedBatchNorm, IterNorm
 
 __all__ = [
-    "AlphaDropout", "BatchNorm", "BatchRenorm", "ClassicDropout", "ConcreteDropoutLinear",
+    "AlphaDropout", "AttentionDropout", "BatchNorm", "BatchRenorm", "ClassicDropout", "ConcreteDropoutLinear",
     "DecorrelatedBatchNorm", "DropConnectLinear", "DropPath", "Dropout", "EvoNormB0",
     "EvoNormS0", "GaussianDropout", "GhostBatchNorm", "GroupNorm", "InstanceNorm",
-    "IterNorm", "LayerNorm", "RMSNorm", "RevIN", "SpatialDropout",
-    "SwitchNorm", "state_from_linen", "state_to_linen",
+    "IterNorm", "LayerNorm", "PatchDrop", "RMSNorm", "RevIN", "SpatialDropout",
+    "SwitchNorm", "TokenDropout", "state_from_linen", "state_to_linen",
 ]
