@@ -218,52 +218,59 @@ def test_fashion_csv_run(fashion_run):
 
 
 # --------------------------------------------------------------------------- errors
+# The argument and data errors are checked in-process (the same main() the command line
+# runs; no subprocess start-up per case): exit status 2, one "error:" line, no traceback.
 
 
-def test_missing_fashion_csv_file(tmp_path):
+def _main(capsys, *args: str) -> tuple[int, str, str]:
+  from experiments.__main__ import main  # pylint: disable=import-outside-toplevel
+  status = main(list(args))
+  captured = capsys.readouterr()
+  return status, captured.out, captured.err
+
+
+def test_missing_fashion_csv_file(tmp_path, capsys):
   missing = tmp_path / "no-such-file.csv"
   out = tmp_path / "out"
-  result = _cli("run", "seed-mlp", "--quick", "--seeds", "1", "--epochs", "1",
-                "--data", "fashion-csv", "--data-path", str(missing), "--out", str(out))
-  assert result.returncode == 2, _explain(result)
-  assert "Traceback" not in result.stderr
-  error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-  assert len(error_lines) == 1, _explain(result)
+  status, _, err = _main(capsys, "run", "seed-mlp", "--quick", "--seeds", "1", "--epochs",
+                         "1", "--data", "fashion-csv", "--data-path", str(missing),
+                         "--out", str(out))
+  assert status == 2, err
+  error_lines = [line for line in err.splitlines() if line.startswith("error:")]
+  assert len(error_lines) == 1, err
   assert str(missing) in error_lines[0] and "not found" in error_lines[0]
   assert not out.exists()
 
 
 @pytest.mark.parametrize("option", ["--seeds", "--epochs"])
-def test_non_positive_counts_rejected(tmp_path, option):
+def test_non_positive_counts_rejected(tmp_path, capsys, option):
   out = tmp_path / "out"
-  result = _cli("run", "seed-mlp", "--quick", option, "0", "--out", str(out))
-  assert result.returncode == 2, _explain(result)
-  assert "Traceback" not in result.stderr
-  assert f"error: {option} must be >= 1; got 0" in result.stderr
+  status, _, err = _main(capsys, "run", "seed-mlp", "--quick", option, "0", "--out", str(out))
+  assert status == 2, err
+  assert f"error: {option} must be >= 1; got 0" in err
   assert not out.exists()
 
 
-def test_negative_split_seed_rejected(tmp_path):
+def test_negative_split_seed_rejected(tmp_path, capsys):
   out = tmp_path / "out"
-  result = _cli("run", "seed-mlp", "--quick", "--split-seed", "-1", "--out", str(out))
-  assert result.returncode == 2, _explain(result)
-  assert "Traceback" not in result.stderr
-  assert "error: --split-seed must be >= 0" in result.stderr
+  status, _, err = _main(capsys, "run", "seed-mlp", "--quick", "--split-seed", "-1", "--out",
+                         str(out))
+  assert status == 2, err
+  assert "error: --split-seed must be >= 0" in err
   assert not out.exists()
 
 
-def test_unwritable_out_rejected_before_training(tmp_path):
+def test_unwritable_out_rejected_before_training(tmp_path, capsys):
   blocker = tmp_path / "a-file"
   blocker.write_text("not a directory")
-  result = _cli("run", "seed-mlp", "--quick", "--out", str(blocker))
-  assert result.returncode == 2, _explain(result)
-  assert "Traceback" not in result.stderr
-  assert f"error: --out {blocker}: exists and is not a directory" in result.stderr
-  assert "seed 0" not in result.stdout  # nothing was trained
+  status, out, err = _main(capsys, "run", "seed-mlp", "--quick", "--out", str(blocker))
+  assert status == 2, err
+  assert f"error: --out {blocker}: exists and is not a directory" in err
+  assert "seed 0" not in out  # nothing was trained
 
 
-def test_report_without_runs(tmp_path):
-  result = _cli("report", "--runs", str(tmp_path / "none"), "--output",
-                str(tmp_path / "REPORT.md"))
-  assert result.returncode == 2, _explain(result)
-  assert "no finished run" in result.stderr and "Traceback" not in result.stderr
+def test_report_without_runs(tmp_path, capsys):
+  status, _, err = _main(capsys, "report", "--runs", str(tmp_path / "none"), "--output",
+                         str(tmp_path / "REPORT.md"))
+  assert status == 2, err
+  assert "no finished run" in err
