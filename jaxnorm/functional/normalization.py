@@ -206,8 +206,11 @@ def _normalize_jvp(reduce_axes, epsilon, axis_name, axis_index_groups, center, p
   dy, dmean, dvar = _normalize_linear(residuals, dx, dscale, dbias, reduce_axes,
                                       axis_name, axis_index_groups, center)
   y, mean, var, count = outputs
-  return outputs, (dy.astype(y.dtype), dmean.astype(mean.dtype), dvar.astype(var.dtype),
-                   jnp.zeros_like(count))
+  # Under shard_map a statistic may vary over the mesh axis while its tangent (e.g. the
+  # zero dmean of RMS normalization) does not: adding the statistic's zeros gives the
+  # tangent the primal's varying-axes type (per-feature sized, negligible).
+  return outputs, (dy.astype(y.dtype), dmean.astype(mean.dtype) + jnp.zeros_like(mean),
+                   dvar.astype(var.dtype) + jnp.zeros_like(var), jnp.zeros_like(count))
 
 
 _normalize.defjvp(_normalize_jvp, symbolic_zeros=True)

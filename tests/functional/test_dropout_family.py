@@ -650,11 +650,14 @@ def test_key_determines_output_eager_jit_vmap(keyed_x, jit_and_vmap_outputs, nam
   eager1, eager2 = _to64(fn(key, keyed_x)), _to64(fn(key, keyed_x))
   np.testing.assert_array_equal(eager1, eager2)
   np.testing.assert_array_equal(eager1 != 0, jit_out != 0)
-  np.testing.assert_allclose(jit_out, eager1, rtol=1e-6, atol=1e-7)
+  # concrete_dropout's relaxed mask is a chain of log/sigmoid terms: fused differently
+  # under jit, it agrees to a few float32 ulps (3e-6 relative), not one.
+  rtol = 1e-5 if name == "concrete_dropout" else 1e-6
+  np.testing.assert_allclose(jit_out, eager1, rtol=rtol, atol=1e-7)
   # vmap over a batch of keys equals a Python loop over the same keys.
   looped = np.stack([_to64(fn(k, keyed_x)) for k in keys])
   np.testing.assert_array_equal(vmapped != 0, looped != 0)
-  np.testing.assert_allclose(vmapped, looped, rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(vmapped, looped, rtol=rtol, atol=1e-7)
   # Different keys -> different outputs (pairwise over the five keys).
   outs = [eager1] + list(looped)
   for i in range(len(outs)):

@@ -73,6 +73,9 @@ def train(mesh, checkpoint_dir: str | None = None) -> dict:
 
   def place(array, spec):
     """A global array from the values every process holds (each keeps its shards)."""
+    if jax.dtypes.issubdtype(array.dtype, jax.dtypes.prng_key):  # the state's root key
+      return jax.random.wrap_key_data(place(jax.random.key_data(array), spec),
+                                      impl=jax.random.key_impl(array))
     array = np.asarray(array)
     sharding = NamedSharding(mesh, spec)
     return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
