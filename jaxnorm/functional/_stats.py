@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxnorm import _checks
+from jaxnorm.functional._compiled import compiled
 
 
 class BatchStats(NamedTuple):
@@ -270,6 +271,7 @@ def _common_reference(exponent, shift, has_values, axis_name, axis_index_groups,
   return exponent, shift
 
 
+@compiled(static_argnums=(1, 3, 4, 5))
 def centred_moments(
     x: jax.Array,
     axes: tuple[int, ...],

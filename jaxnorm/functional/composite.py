@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxnorm import _checks
+from jaxnorm.functional._compiled import compiled
 from jaxnorm.functional._stats import (
     BatchStats, _exponent_above, masked_moments, pow2)
 from jaxnorm.functional.normalization import (
@@ -149,6 +150,17 @@ def switch_norm(
   stats = _checked_stats(stats, feature_shape, x.shape, "the last axis", fn)
   if train:
     check_batch_values(fn, x.shape, tuple(range(x.ndim - 1)), -1, mask, None)
+  y, batch = _switch_norm(x, scale, bias, mean_weights, var_weights, stats, mask, train,
+                          epsilon)
+  if not train:
+    return y, stats
+  return y, ema_update(stats, *batch, momentum)
+
+
+@compiled(static_argnums=(7, 8))
+def _switch_norm(x, scale, bias, mean_weights, var_weights, stats, mask, train, epsilon):
+  """:func:`switch_norm` on validated input: ``(y, (mean, var, count))``, the batch's
+  statistics for the running update (``None`` in evaluation)."""
   x, bad = _guard_padding(x, mask)
   instance = masked_moments(x, tuple(range(1, x.ndim - 1)), mask)
   # Every mean as (reference, offset): mixed and subtracted relative to the instance
@@ -160,14 +172,13 @@ def switch_norm(
   if train:
     bn_unit = _unit_over(instance, (0,))
     bn_count, bn_reference, bn_offset, bn_var = _merge(instance, (0,), bn_unit)
-    new_stats = ema_update(stats, (bn_reference + bn_offset) / bn_unit,
-                           bn_var / bn_unit / bn_unit, bn_count, momentum)
+    batch = ((bn_reference + bn_offset) / bn_unit, bn_var / bn_unit / bn_unit, bn_count)
   else:
-    shape = (1,) * (x.ndim - 1) + feature_shape
+    shape = (1,) * (x.ndim - 1) + (x.shape[-1],)
     bn_unit = _unit_of(stats.mean.reshape(shape), stats.var.reshape(shape))
     bn_reference, bn_offset = stats.mean.reshape(shape) * bn_unit, 0.0
     bn_var = stats.var.reshape(shape) * bn_unit * bn_unit
-    new_stats = stats
+    batch = None
   means.append((bn_unit, bn_reference, bn_offset))
   unit = jnp.minimum(jnp.minimum(instance.scale, ln_unit), bn_unit)
   w_mean = jax.nn.softmax(jnp.asarray(mean_weights, instance.var_c.dtype))
@@ -181,7 +192,7 @@ def switch_norm(
          + w_var[2] * _convert(bn_var, bn_unit, unit, 2))
   y = ((x.astype(var.dtype) * unit - shift) - mean) * _rstd(var, unit, epsilon)
   y, bad = _guard_normalized(y, bad, mask)
-  return _restore_padding(_affine(y, scale, bias), bad).astype(x.dtype), new_stats
+  return _restore_padding(_affine(y, scale, bias), bad).astype(x.dtype), batch
 
 
 def evonorm_b0(
@@ -228,18 +239,27 @@ def evonorm_b0(
   stats = _checked_stats(stats, feature_shape, x.shape, "the last axis", fn)
   if train:
     check_batch_values(fn, x.shape, tuple(range(x.ndim - 1)), -1, mask, None)
+  y, batch = _evonorm_b0(x, scale, bias, v, stats, mask, train, epsilon)
+  if not train:
+    return y, stats
+  return y, ema_update(stats, *batch, momentum)
+
+
+@compiled(static_argnums=(6, 7))
+def _evonorm_b0(x, scale, bias, v, stats, mask, train, epsilon):
+  """:func:`evonorm_b0` on validated input: ``(y, (mean, var, count))``, the batch's
+  statistics for the running update (``None`` in evaluation)."""
   x, bad = _guard_padding(x, mask)
   instance = masked_moments(x, tuple(range(1, x.ndim - 1)), mask)
   if train:
     bn_unit = _unit_over(instance, (0,))
     count, reference, offset, batch_var = _merge(instance, (0,), bn_unit)
-    new_stats = ema_update(stats, (reference + offset) / bn_unit,
-                           batch_var / bn_unit / bn_unit, count, momentum)
+    batch = ((reference + offset) / bn_unit, batch_var / bn_unit / bn_unit, count)
   else:
-    running_var = stats.var.reshape((1,) * (x.ndim - 1) + feature_shape)
+    running_var = stats.var.reshape((1,) * (x.ndim - 1) + (x.shape[-1],))
     bn_unit = _unit_of(jnp.zeros_like(running_var), running_var)
     batch_var = running_var * bn_unit * bn_unit
-    new_stats = stats
+    batch = None
   unit = jnp.minimum(instance.scale, bn_unit)
   xc = x.astype(unit.dtype) * unit
   v = jnp.asarray(v, xc.dtype)
@@ -249,7 +269,7 @@ def evonorm_b0(
   denominator = jnp.maximum(batch_std, v * xc + instance_std)
   y, bad = _guard_normalized(xc / denominator, bad, mask)
   y = _restore_padding(_affine(y, scale, bias), bad)
-  return y.astype(x.dtype), new_stats
+  return y.astype(x.dtype), batch
 
 
 def evonorm_s0(
@@ -290,6 +310,13 @@ def evonorm_s0(
   _check_layout(x, fn)
   v = _check_v(v, channels, fn)
   groups = _groups(channels, num_groups, group_size, fn)
+  return _evonorm_s0(x, scale, bias, v, mask, groups, epsilon, axis_name)
+
+
+@compiled(static_argnums=(5, 6, 7))
+def _evonorm_s0(x, scale, bias, v, mask, groups, epsilon, axis_name):
+  """:func:`evonorm_s0` on validated input."""
+  channels = x.shape[-1]
   x, bad = _guard_padding(x, mask)
   grouped = x.reshape(x.shape[:-1] + (groups, channels // groups))
   grouped_mask = None if mask is None else mask.reshape(mask.shape[:-1] + (

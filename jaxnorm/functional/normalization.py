@@ -23,6 +23,7 @@ from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
 from jaxnorm import _checks
+from jaxnorm.functional._compiled import compiled
 from jaxnorm.functional._stats import (
     BatchStats, centred_moments, compute_dtype, real_dtype)
 
@@ -184,7 +185,7 @@ def _normalize_linear(residuals: _Residuals, dx, dscale, dbias, reduce_axes, axi
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(4, 5, 6, 7, 8))
-def _normalize(x, scale, bias, mask, reduce_axes, epsilon, axis_name=None,
+def _normalize_core(x, scale, bias, mask, reduce_axes, epsilon, axis_name=None,
                axis_index_groups=None, center=True):
   """``(y, mean, var, count)``: ``y = (x - mean) / sqrt(var + epsilon) * scale + bias``.
 
@@ -213,7 +214,9 @@ def _normalize_jvp(reduce_axes, epsilon, axis_name, axis_index_groups, center, p
                    dvar.astype(var.dtype) + jnp.zeros_like(var), jnp.zeros_like(count))
 
 
-_normalize.defjvp(_normalize_jvp, symbolic_zeros=True)
+_normalize_core.defjvp(_normalize_jvp, symbolic_zeros=True)
+# One compiled program per configuration, also for calls outside jax.jit.
+_normalize = compiled(static_argnums=(4, 5, 6, 7, 8))(_normalize_core)
 
 
 def _as_param(param, name, natural_shape, param_shape, x_shape, axis_desc, fn,
@@ -425,6 +428,7 @@ def batch_norm(
   return y, ema_update(stats, batch_mean, batch_var, count, momentum)
 
 
+@compiled(static_argnums=(4, 5))
 def normalize_with_stats(x, scale, bias, stats: BatchStats, epsilon: float,
                          feature_axes: tuple[int, ...], mask=None) -> jax.Array:
   """Evaluation-mode normalization of validated input with running ``stats``.

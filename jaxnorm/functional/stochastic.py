@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import jax
@@ -79,9 +80,19 @@ def dropout(
   _check_key(key, fn)
   mask_shape = tuple(1 if a in dims else n for a, n in enumerate(x.shape))
   if static_rate is not None:
-    keep_prob = 1.0 - static_rate
-    keep = _random.bernoulli(key, keep_prob, mask_shape)
-    return lax.select(jnp.broadcast_to(keep, x.shape), x / keep_prob, jnp.zeros_like(x))
+    return _dropout_static(key, x, 1.0 - static_rate, mask_shape)
+  return _dropout_traced(key, x, rate, mask_shape)
+
+
+# The dropout bodies compiled as a whole, also when called outside jax.jit.
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _dropout_static(key, x, keep_prob: float, mask_shape: tuple[int, ...]) -> jax.Array:
+  keep = _random.bernoulli(key, keep_prob, mask_shape)
+  return lax.select(jnp.broadcast_to(keep, x.shape), x / keep_prob, jnp.zeros_like(x))
+
+
+@functools.partial(jax.jit, static_argnums=(3,))
+def _dropout_traced(key, x, rate, mask_shape: tuple[int, ...]) -> jax.Array:
   keep_prob = 1.0 - jnp.asarray(rate, jnp.float32)
   keep = _random.bernoulli(key, keep_prob, mask_shape)
   # Where nothing is kept, divide by 1 instead of 0 so no inf/NaN reaches the gradient.

@@ -120,7 +120,8 @@ def _operation(spec: _Spec, statics: tuple, layout: tuple, instances: int,
                  for a, ct in zip(args, vjp(tuple(cotangents))))
 
   differentiable.defvjp(fwd, bwd)
-  return differentiable
+  # One compiled program also when called outside jax.jit (not one per primitive).
+  return jax.jit(differentiable)
 
 
 def call(spec: _Spec, *args, layout: Sequence[int], **statics):
