@@ -36,6 +36,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 
 import jax
 import numpy as np
@@ -78,6 +79,20 @@ def _short(error: BaseException) -> str:
   return f"{type(error).__name__}: {text[:300]}{'...' if len(text) > 300 else ''}"
 
 
+def _wait_until_quiet(sink, *, settle: float = 0.25, limit: float = 3.0) -> None:
+  """Waits until nothing has been written to ``sink`` for ``settle`` seconds (at most
+  ``limit`` seconds in all)."""
+  size, quiet, start = -1, time.monotonic(), time.monotonic()
+  while time.monotonic() - start < limit:
+    sys.stderr.flush()
+    now = os.fstat(sink.fileno()).st_size
+    if now != size:
+      size, quiet = now, time.monotonic()
+    elif time.monotonic() - quiet >= settle:
+      return
+    time.sleep(0.02)
+
+
 @contextlib.contextmanager
 def _quiet_on_failure():
   """Runs orbax with its output collected: replayed if it succeeds, dropped if it fails.
@@ -86,7 +101,9 @@ def _quiet_on_failure():
   traceback (~150 lines for one failure) and leave coroutines that print more at
   interpreter exit. This keeps file descriptor 2 on a temporary file while orbax runs;
   on success what was printed (warnings) is written back to stderr; on failure the
-  abandoned coroutines are collected at once and the caller raises one error.
+  abandoned coroutines are collected at once, tensorstore's operations still in flight
+  are let finish (each prints a traceback as it finds its event loop closed), and the
+  caller raises one error.
   """
   sys.stderr.flush()
   saved = os.dup(2)
@@ -98,6 +115,7 @@ def _quiet_on_failure():
   except BaseException:
     failed = True
     gc.collect()
+    _wait_until_quiet(sink)
     raise
   finally:
     sys.stderr.flush()
