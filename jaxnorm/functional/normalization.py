@@ -144,10 +144,14 @@ def _normalize_linear(residuals: _Residuals, dx, dscale, dbias, reduce_axes, axi
       sums = lax.psum(sums, axis_name, axis_index_groups=axis_index_groups)
     return sums
 
-  # gamma constant over the reduced axes (batch norm): fold it into the per-group
-  # tangents. gamma varying along them (layer norm): multiply once, outside, so that the
-  # transpose forms gamma * dy once and its reductions read no broadcast operand.
-  gamma_outside = gamma is not None and not all(gamma.shape[a] == 1 for a in reduce_axes)
+  # gamma is folded into the per-group gain ``gamma * r`` when that product is small
+  # next to x: always for batch norm (gamma constant over the reduced axes), and for
+  # group norm, whose gain has one value per (example, channel). Where the product would
+  # be as large as x (layer norm: gamma varies along the reduced axes, r along the
+  # kept ones), gamma is multiplied once, outside, so that the transpose forms
+  # gamma * dy once and its reductions read no broadcast operand.
+  gamma_outside = gamma is not None and 8 * math.prod(
+      jnp.broadcast_shapes(gamma.shape, rstd.shape)) > math.prod(c.shape)
   dy = None
   dmean = dvar = jnp.zeros(rstd.shape, dtype)
 

@@ -748,6 +748,23 @@ def test_group_norm_property_forward_and_vjp(ref, case):
            kind="grad" if dtype == jnp.float32 else "grad_bf16", what=f"d{name}")
 
 
+@pytest.mark.parametrize("shape, groups", [((4, 5, 6, 8), 2), ((2, 3, 12), 4), ((3, 8), 2)])
+def test_group_norm_gradients_with_and_without_folded_scale(ref, shape, groups):
+  """Spatial inputs fold gamma into the per-group gain (no x-sized temporary); (N, C)
+  inputs keep it outside. Both against the float64 reference, scale far from 1."""
+  rng = np.random.default_rng(sum(shape))
+  x = jnp.asarray((2.0 + rng.normal(size=shape)).astype(np.float32))
+  scale = (1.0 + 2.0 * rng.normal(size=shape[-1])).astype(np.float32)
+  bias = rng.normal(size=shape[-1]).astype(np.float32)
+  cotangent = rng.normal(size=shape).astype(np.float32)
+  grads = jax.jit(jax.grad(lambda x, s, b: jnp.sum(cotangent * F.group_norm(
+      x, s, b, num_groups=groups)), argnums=(0, 1, 2)))(x, scale, bias)
+  expected = ref.grad64(lambda x, s, b: jnp.sum(ref.to64(cotangent) * plain_group_norm(
+      x, s, b, None, groups, None)), (ref.to64(x), scale, bias), argnums=(0, 1, 2))
+  for name, g, e in zip(("x", "scale", "bias"), grads, expected):
+    _close(ref, g, e, ref.GRAD_TOL, layer="group_norm", kind="grad", what=f"d{name}")
+
+
 # --------------------------------------------------------------------------------------
 # batch_renorm specifics.
 
