@@ -104,6 +104,7 @@ def main(argv=None) -> int:
     _tuned_run(rows, args)
   print("\nEnd to end (seed-mlp):")
   e2e = end_to_end.run(args.quick, torch, persistent_cache=cache_dir is not None)
+  machine["load_after"] = report.load_average()
   _emit(report.markdown(machine, rows, e2e, quick=args.quick), args.markdown)
   if args.json:
     with open(args.json, "w", encoding="utf-8") as handle:

@@ -22,16 +22,30 @@ def describe_machine(torch=None) -> dict:
           break
   except OSError:
     pass
-  return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+  return {"cpu": cpu, "cores": os.cpu_count(), "load_before": load_average(),
+          "python": platform.python_version(),
           "jax": jax.__version__, "flax": flax.__version__, "numpy": np.__version__,
           "torch": getattr(torch, "__version__", None), "device": str(jax.devices()[0])}
 
 
+def load_average() -> float | None:
+  """The 1-minute load average (runnable processes), or None where it is not known."""
+  try:
+    return round(os.getloadavg()[0], 2)
+  except (AttributeError, OSError):
+    return None
+
+
 def machine_markdown(machine: dict) -> str:
   torch = machine["torch"] or "not installed"
+  load = ""
+  if machine.get("load_before") is not None:
+    after = machine.get("load_after")
+    load = (f" Load average (1 min): {machine['load_before']:.1f} when the run started"
+            + ("." if after is None else f", {after:.1f} when it ended."))
   return (f"Machine: {machine['cpu']}, {machine['cores']} cores ({machine['device']}); "
           f"Python {machine['python']}, JAX {machine['jax']}, Flax {machine['flax']}, "
-          f"NumPy {machine['numpy']}, PyTorch {torch}.")
+          f"NumPy {machine['numpy']}, PyTorch {torch}.{load}")
 
 
 def _ratio(value):
@@ -194,11 +208,11 @@ def _targets(rows, e2e) -> list[str]:
 
 LIMITS = """### What limits the targets on this CPU
 
-- **A shared machine.** The runs share 2 cores with other jobs (load averages of 10-17
-  were seen during the committed run), so wall times are inflated and noisy: the memory
-  floor itself is several times its quiet value. Every ratio compares candidates timed
-  in the same rounds (interleaved, medians), and the CPU-time table, which waiting for a
-  core does not inflate, is the steadier comparison. A target marked NOT met by a
+- **A shared machine.** When other jobs share the cores (the load averages above, against
+  the number of cores), wall times are inflated and noisy, the memory floor included
+  (runs under a load of 10-17 measured it several times its quiet value). Every ratio
+  compares candidates timed in the same rounds (interleaved, medians), and the CPU-time
+  table, which waiting for a core does not inflate, is the steadier comparison. A target marked NOT met by a
   margin within the noise is a tie, not a measured loss.
 - **Dropout.** jaxnorm draws the mask with the threefry-2x32 hash written as fused
   integer operations, bit-identical to `jax.random.bernoulli` (and so to
@@ -221,7 +235,9 @@ LIMITS = """### What limits the targets on this CPU
   waits for its slowest thread, which costs most when other jobs hold the cores.
 - **Group norm.** On (N, C) inputs the groups are short contiguous segments and on NHWC
   inputs per-channel sums across rows: both one pass each way, and no temporary memory
-  in XLA (the pure-JAX path keeps `c = x - shift` as a residual).
+  in XLA. The pure-JAX path keeps `c = x - shift` as its one residual; on NHWC inputs
+  its backward folds the scale into the per-(example, channel) gain, so it forms no
+  x-sized product either.
 - **bfloat16.** The kernels read and write bfloat16 and compute in float32; the
   pure-JAX paths convert in XLA, which writes float32 temporaries of x's size.
 - **Page faults.** XLA allocates its per-call temporaries with malloc; blocks above
