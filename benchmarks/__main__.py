@@ -91,7 +91,8 @@ def main(argv=None) -> int:
 
   torch = None if args.no_torch else _import_torch()
   machine = report.describe_machine(torch)
-  machine["compilation_cache"] = str(cache_dir) if cache_dir else None
+  # Whether the cache was on, not where it is (the saved run names no local path).
+  machine["compilation_cache"] = cache_dir is not None
   print(report.machine_markdown(machine))
   print("\nLayers (median times; ratios > 1 mean jaxnorm is faster):")
   shapes = None if not args.shapes else tuple(
