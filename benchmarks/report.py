@@ -212,8 +212,8 @@ LIMITS = """### What limits the targets on this CPU
   the number of cores), wall times are inflated and noisy, the memory floor included
   (runs under a load of 10-17 measured it several times its quiet value). Every ratio
   compares candidates timed in the same rounds (interleaved, medians), and the CPU-time
-  table, which waiting for a core does not inflate, is the steadier comparison. A target marked NOT met by a
-  margin within the noise is a tie, not a measured loss.
+  table, which waiting for a core does not inflate, is the steadier comparison. A target
+  marked NOT met by a margin within the noise is a tie, not a measured loss.
 - **Dropout.** jaxnorm draws the mask with the threefry-2x32 hash written as fused
   integer operations, bit-identical to `jax.random.bernoulli` (and so to
   `flax.linen.Dropout`): one XLA loop instead of jax.random's rolled loop over
